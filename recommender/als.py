@@ -1,0 +1,234 @@
+"""Implicit-feedback ALS (Hu, Koren and Volinsky 2008) on top of ``implicit``.
+
+``implicit`` does the fitting; this class keeps the learned factors as plain
+arrays so that a saved version needs no pickle and the serving app can score,
+fold in new customers and find similar items with numpy alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recommender.base import NotFittedError, Recommender
+
+
+class FactorError(RuntimeError):
+    """ALS produced factors that must not be published (NaN, infinite or empty)."""
+
+
+class ALSRecommender(Recommender):
+    """Matrix factorisation for implicit feedback.
+
+    Parameters
+    ----------
+    factors
+        Latent dimensions.
+    regularization
+        L2 penalty on the factors.
+    alpha
+        Confidence scale: a weighted interaction ``r`` gets confidence ``alpha * r``
+        (``implicit``'s convention).
+    iterations
+        ALS sweeps.
+    random_state
+        Seed (a plain int, so it can be written into a manifest).
+    num_threads
+        Threads for ``implicit``; 0 means all cores.
+    """
+
+    name = "als"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 15,
+        random_state: int = 0,
+        num_threads: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.random_state = random_state
+        self.num_threads = num_threads
+        self.user_factors_: np.ndarray | None = None
+        self.item_factors_: np.ndarray | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+            "random_state": self.random_state,
+        }
+
+    def fit(
+        self,
+        user_items: sp.csr_matrix,
+        *,
+        warm_start: ALSRecommender | None = None,
+        iterations: int | None = None,
+        show_progress: bool = False,
+    ) -> ALSRecommender:
+        """Fit on a weighted customer x item matrix.
+
+        Parameters
+        ----------
+        warm_start
+            A fitted model with the same shape whose factors start the sweeps
+            (used to refit on the full log after evaluation at a fraction of
+            the cost).
+        iterations
+            Override the number of sweeps for this call.
+
+        Raises
+        ------
+        FactorError
+            If the matrix is empty or the factors come out non-finite.
+        """
+        from threadpoolctl import threadpool_limits
+
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        user_items = sp.csr_matrix(user_items, dtype=np.float32)
+        if user_items.nnz == 0:
+            raise FactorError("cannot fit ALS on an empty interaction matrix")
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=iterations if iterations is not None else self.iterations,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+            calculate_training_loss=False,
+        )
+        if warm_start is not None:
+            warm_start._check_fitted("user_factors_", "item_factors_")
+            assert warm_start.user_factors_ is not None and warm_start.item_factors_ is not None
+            if warm_start.user_factors_.shape != (user_items.shape[0], self.factors) or (
+                warm_start.item_factors_.shape != (user_items.shape[1], self.factors)
+            ):
+                raise ValueError("warm_start factors do not match the matrix shape")
+            model.user_factors = warm_start.user_factors_.copy()
+            model.item_factors = warm_start.item_factors_.copy()
+        # implicit parallelises across users itself; BLAS threads on top of that
+        # oversubscribe the cores and slow every sweep down.
+        with threadpool_limits(1, "blas"):
+            model.fit(user_items, show_progress=show_progress)
+        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        check_factors(self.user_factors_, "user")
+        check_factors(self.item_factors_, "item")
+        self._yty = None
+        return self
+
+    @classmethod
+    def from_factors(
+        cls,
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        *,
+        regularization: float,
+        alpha: float,
+        **params: Any,
+    ) -> ALSRecommender:
+        """Rebuild a fitted model from saved factors."""
+        model = cls(
+            factors=int(item_factors.shape[1]),
+            regularization=regularization,
+            alpha=alpha,
+            **params,
+        )
+        model.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
+        model.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
+        check_factors(model.user_factors_, "user")
+        check_factors(model.item_factors_, "item")
+        return model
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted("item_factors_")
+        assert self.item_factors_ is not None
+        return int(self.item_factors_.shape[0])
+
+    def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix | None = None) -> np.ndarray:
+        self._check_fitted("user_factors_", "item_factors_")
+        assert self.user_factors_ is not None and self.item_factors_ is not None
+        return self.user_factors_[np.asarray(user_rows)] @ self.item_factors_.T
+
+    def fold_in(self, item_rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Factors for a customer the model has not seen, from items they bought.
+
+        Solves the same least-squares step ALS uses for a customer row with the
+        item factors held fixed (``implicit``'s ``recalculate_user``), so a new
+        customer's picks are what a refit would give them.
+        """
+        self._check_fitted("item_factors_")
+        assert self.item_factors_ is not None
+        item_rows = np.asarray(item_rows, dtype=np.int64)
+        conf = (
+            np.ones(len(item_rows), dtype=np.float64)
+            if weights is None
+            else np.asarray(weights, dtype=np.float64)
+        ) * self.alpha
+        y = self.item_factors_.astype(np.float64)
+        a = self.gram() + self.regularization * np.eye(y.shape[1])
+        yu = y[item_rows]
+        a += (yu * (conf - 1.0)[:, None]).T @ yu
+        b = yu.T @ conf
+        return np.linalg.solve(a, b).astype(np.float32)
+
+    def gram(self) -> np.ndarray:
+        """``Y^T Y`` of the item factors (float64), cached."""
+        self._check_fitted("item_factors_")
+        cached = getattr(self, "_yty", None)
+        if cached is None:
+            assert self.item_factors_ is not None
+            y = self.item_factors_.astype(np.float64)
+            cached = y.T @ y
+            self._yty = cached
+        return cached
+
+    def similar_items(self, item_row: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Most similar items by cosine of item factors, excluding the item itself."""
+        self._check_fitted("item_factors_")
+        assert self.item_factors_ is not None
+        norms = self.item_norms()
+        sims = (self.item_factors_ @ self.item_factors_[item_row]) / (
+            norms * max(norms[item_row], 1e-12)
+        )
+        sims[item_row] = -np.inf
+        k = min(k, len(sims) - 1)
+        if k <= 0:
+            return np.empty(0, np.int32), np.empty(0, np.float32)
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return top.astype(np.int32), sims[top].astype(np.float32)
+
+    def item_norms(self) -> np.ndarray:
+        cached = getattr(self, "_item_norms", None)
+        if cached is None:
+            assert self.item_factors_ is not None
+            cached = np.maximum(np.linalg.norm(self.item_factors_, axis=1), 1e-12)
+            self._item_norms = cached
+        return cached
+
+
+def check_factors(factors: np.ndarray, what: str) -> None:
+    """Raise :class:`FactorError` for empty or non-finite factors."""
+    if factors.size == 0 or factors.ndim != 2:
+        raise FactorError(f"{what} factors are empty (shape {factors.shape})")
+    if not np.isfinite(factors).all():
+        bad = int((~np.isfinite(factors)).any(axis=1).sum())
+        raise FactorError(f"{what} factors contain NaN or infinity in {bad} row(s)")
+
+
+__all__ = ["ALSRecommender", "FactorError", "NotFittedError", "check_factors"]

@@ -1,0 +1,283 @@
+"""The model bundle: everything the serving app needs, and nothing it must rebuild.
+
+This is the only contract between ``training`` (which writes a bundle with
+:func:`save_bundle`) and ``serving`` (which reads it with :func:`load_bundle`).
+
+Files in a version directory (schema version 1):
+
+==================  =========================================================
+``customers.npy``   customer ids (text); row ``i`` is customer ``i`` everywhere
+``items.npy``       item ids (text); column ``j`` is item ``j`` everywhere
+``history.npz``     CSR customer x item purchase-line counts (indptr, indices, data)
+``popularity.npy``  item popularity (customers who bought it lately), float32
+``catalog.npz``     title, category (text), price (float, NaN unknown), available
+``als.npz``         user_factors, item_factors (float32), when ranking was trained
+``topn.npz``        precomputed top-N item rows and scores per customer (optional)
+``timing.json/npz`` next-purchase-time model state (optional)
+``repurchase.json/npz`` buy-it-again model state (optional)
+==================  =========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recommender.als import ALSRecommender, FactorError
+from recommender.artifacts import (
+    CorruptArtifactError,
+    VersionReader,
+    VersionWriter,
+    resolve_version_dir,
+)
+from recommender.data import IdIndex
+
+
+@dataclass
+class Catalog:
+    """Item attributes aligned with the item index."""
+
+    title: np.ndarray
+    category: np.ndarray
+    price: np.ndarray
+    available: np.ndarray
+
+    @classmethod
+    def empty(cls, n_items: int) -> Catalog:
+        return cls(
+            title=np.full(n_items, "", dtype=str),
+            category=np.full(n_items, "", dtype=str),
+            price=np.full(n_items, np.nan),
+            available=np.ones(n_items, dtype=bool),
+        )
+
+    @classmethod
+    def from_frame(cls, frame: Any, items: IdIndex) -> Catalog:
+        """Align a catalog frame (``item_id``, title, category, price, available) to ``items``."""
+        cat = cls.empty(len(items))
+        if frame is None or len(frame) == 0:
+            return cat
+        rows = items.rows(frame["item_id"].to_numpy())
+        ok = rows >= 0
+        r = rows[ok]
+        title = cat.title.astype(object)
+        category = cat.category.astype(object)
+        title[r] = frame["title"].to_numpy()[ok]
+        category[r] = frame["category"].to_numpy()[ok]
+        cat.title = np.asarray(title, dtype=str)
+        cat.category = np.asarray(category, dtype=str)
+        cat.price[r] = frame["price"].to_numpy(dtype=np.float64)[ok]
+        cat.available[r] = frame["available"].to_numpy(dtype=bool)[ok]
+        return cat
+
+    @property
+    def has_categories(self) -> bool:
+        return bool((self.category != "").any())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "title": np.asarray(self.title, dtype=str),
+            "category": np.asarray(self.category, dtype=str),
+            "price": np.asarray(self.price, dtype=np.float64),
+            "available": np.asarray(self.available, dtype=bool),
+        }
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified model version."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    customers: IdIndex
+    items: IdIndex
+    history: sp.csr_matrix
+    popularity: np.ndarray
+    catalog: Catalog
+    als: ALSRecommender | None = None
+    topn_items: np.ndarray | None = None
+    topn_scores: np.ndarray | None = None
+    timing: Any | None = None
+    repurchase: Any | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_customers(self) -> int:
+        return len(self.customers)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+
+def save_bundle(
+    models_dir: str | Path,
+    *,
+    customers: IdIndex,
+    items: IdIndex,
+    history: sp.csr_matrix,
+    popularity: np.ndarray,
+    catalog: Catalog,
+    manifest: dict[str, Any],
+    als: ALSRecommender | None = None,
+    topn: tuple[np.ndarray, np.ndarray] | None = None,
+    timing: Any | None = None,
+    repurchase: Any | None = None,
+    version: str | None = None,
+) -> Path:
+    """Write a complete version atomically and return its directory.
+
+    The version is not published; call :func:`recommender.artifacts.publish`
+    after :func:`load_bundle` has read it back.
+    """
+    n_c, n_i = len(customers), len(items)
+    if history.shape != (n_c, n_i):
+        raise ValueError(f"history shape {history.shape} != ({n_c}, {n_i})")
+    if popularity.shape != (n_i,):
+        raise ValueError("popularity must have one entry per item")
+    components = {"als": als is not None, "topn": topn is not None,
+                  "timing": timing is not None, "repurchase": repurchase is not None}
+    with VersionWriter(models_dir, version) as w:
+        w.write_array("customers.npy", customers.ids_)
+        w.write_array("items.npy", items.ids_)
+        h = sp.csr_matrix(history, dtype=np.float32)
+        h.sort_indices()
+        w.write_arrays(
+            "history.npz",
+            {"indptr": h.indptr.astype(np.int64), "indices": h.indices.astype(np.int32),
+             "data": h.data.astype(np.float32)},
+        )
+        w.write_array("popularity.npy", np.asarray(popularity, dtype=np.float32))
+        w.write_arrays("catalog.npz", catalog.to_arrays())
+        if als is not None:
+            assert als.user_factors_ is not None and als.item_factors_ is not None
+            if als.user_factors_.shape[0] != n_c or als.item_factors_.shape[0] != n_i:
+                raise ValueError("ALS factors do not match the id indexes")
+            w.write_arrays(
+                "als.npz", {"user_factors": als.user_factors_, "item_factors": als.item_factors_}
+            )
+        if topn is not None:
+            w.write_arrays(
+                "topn.npz",
+                {"items": np.asarray(topn[0], np.int32), "scores": np.asarray(topn[1], np.float32)},
+            )
+        if timing is not None:
+            meta, arrays = timing.to_state()
+            w.write_json("timing.json", meta)
+            w.write_arrays("timing.npz", arrays)
+        if repurchase is not None:
+            meta, arrays = repurchase.to_state()
+            w.write_json("repurchase.json", meta)
+            w.write_arrays("repurchase.npz", arrays)
+        full = dict(manifest)
+        full["components"] = components
+        full["shape"] = {"customers": n_c, "items": n_i}
+        if als is not None:
+            full.setdefault("als", {}).update(
+                {"regularization": float(als.regularization), "alpha": float(als.alpha),
+                 "factors": int(als.factors)}
+            )
+        return w.commit(full)
+
+
+def load_bundle(
+    models_dir: str | Path, version: str | None = None, *, verify_hashes: bool = True
+) -> Bundle:
+    """Load and verify a version (default: the published one).
+
+    Raises
+    ------
+    NoModelError
+        Nothing is published.
+    IncompatibleArtifactError
+        Unknown format or schema version.
+    CorruptArtifactError
+        Missing or changed files, wrong shapes, non-finite numbers.
+    """
+    path = resolve_version_dir(models_dir, version)
+    return load_bundle_dir(path, verify_hashes=verify_hashes)
+
+
+def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
+    """Load and verify the version stored in directory ``path``."""
+    r = VersionReader(path, verify_hashes=verify_hashes)
+    m = r.manifest
+    customers = IdIndex(r.array("customers.npy"))
+    items = IdIndex(r.array("items.npy"))
+    n_c, n_i = len(customers), len(items)
+    if m.get("shape") != {"customers": n_c, "items": n_i}:
+        raise CorruptArtifactError(f"{path}: id indexes do not match the manifest's shape")
+    h = r.arrays("history.npz", finite=True)
+    try:
+        history = sp.csr_matrix((h["data"], h["indices"], h["indptr"]), shape=(n_c, n_i))
+        history.check_format(full_check=True)
+    except (ValueError, KeyError) as exc:
+        raise CorruptArtifactError(f"{path}: history matrix is malformed ({exc})") from None
+    popularity = r.array("popularity.npy", finite=True)
+    if popularity.shape != (n_i,):
+        raise CorruptArtifactError(f"{path}: popularity has the wrong length")
+    c = r.arrays("catalog.npz")
+    catalog = Catalog(
+        title=c["title"], category=c["category"], price=c["price"], available=c["available"]
+    )
+    if any(len(v) != n_i for v in (catalog.title, catalog.category, catalog.price)):
+        raise CorruptArtifactError(f"{path}: catalog is not aligned with the items")
+    bundle = Bundle(
+        version=str(m["version"]),
+        path=Path(path),
+        manifest=m,
+        customers=customers,
+        items=items,
+        history=history,
+        popularity=popularity,
+        catalog=catalog,
+    )
+    comps = m.get("components", {})
+    if comps.get("als"):
+        f = r.arrays("als.npz", finite=True)
+        uf, itf = f["user_factors"], f["item_factors"]
+        if uf.shape[0] != n_c or itf.shape[0] != n_i or uf.shape[1] != itf.shape[1]:
+            raise CorruptArtifactError(f"{path}: ALS factors do not match the id indexes")
+        params = m.get("als", {})
+        try:
+            bundle.als = ALSRecommender.from_factors(
+                uf, itf, regularization=float(params["regularization"]),
+                alpha=float(params["alpha"]),
+            )
+        except (KeyError, FactorError) as exc:
+            raise CorruptArtifactError(f"{path}: ALS model unusable ({exc})") from None
+    if comps.get("topn"):
+        t = r.arrays("topn.npz", finite=False)
+        if t["items"].shape[0] != n_c or t["items"].shape != t["scores"].shape:
+            raise CorruptArtifactError(f"{path}: precomputed top-N has the wrong shape")
+        if t["items"].size and (t["items"].max() >= n_i or t["items"].min() < -1):
+            raise CorruptArtifactError(f"{path}: precomputed top-N names unknown items")
+        bundle.topn_items, bundle.topn_scores = t["items"], t["scores"]
+    if comps.get("timing"):
+        from recommender.timing import PurchaseTimingModel
+
+        try:
+            bundle.timing = PurchaseTimingModel.from_state(
+                r.json("timing.json"), r.arrays("timing.npz", finite=True)
+            )
+        except CorruptArtifactError:
+            raise
+        except Exception as exc:  # any failure to rebuild means the file is unusable
+            raise CorruptArtifactError(f"{path}: timing model unusable ({exc})") from None
+    if comps.get("repurchase"):
+        from recommender.repurchase import RepurchaseModel
+
+        try:
+            bundle.repurchase = RepurchaseModel.from_state(
+                r.json("repurchase.json"), r.arrays("repurchase.npz", finite=True)
+            )
+        except CorruptArtifactError:
+            raise
+        except Exception as exc:
+            raise CorruptArtifactError(f"{path}: repurchase model unusable ({exc})") from None
+    return bundle

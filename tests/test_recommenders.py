@@ -1,0 +1,164 @@
+"""The contract every ranking model passes (known and unknown customers,
+save/load round trip, batch equals single), and quality on known structure."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recommender.als import ALSRecommender, FactorError
+from recommender.base import NotFittedError, top_k
+from recommender.baselines import (
+    ItemKNNRecommender,
+    PersonalFrequencyRecommender,
+    PopularityRecommender,
+)
+from recommender.interactions import apply_weighting
+from recommender.metrics import evaluate_recommender
+
+
+def checkerboard(n_users=400, n_items=120, groups=4, seed=0, per_user=12):
+    """Customers in group g buy items of group g; a held-out item each is the test."""
+    rng = np.random.default_rng(seed)
+    ug = np.arange(n_users) % groups
+    ig = np.arange(n_items) % groups
+    train_r, train_c, test_r, test_c = [], [], [], []
+    for u in range(n_users):
+        mine = np.flatnonzero(ig == ug[u])
+        # popularity inside the group is skewed, so structure beats global popularity
+        p = 1.0 / np.arange(1, len(mine) + 1)
+        chosen = rng.choice(mine, size=per_user + 1, replace=False, p=p / p.sum())
+        train_r += [u] * per_user
+        train_c += list(chosen[:per_user])
+        test_r.append(u)
+        test_c.append(chosen[per_user])
+    shape = (n_users, n_items)
+    train = sp.csr_matrix((np.ones(len(train_r), np.float32), (train_r, train_c)), shape=shape)
+    test = sp.csr_matrix((np.ones(len(test_r), np.float32), (test_r, test_c)), shape=shape)
+    return train, test, ug, ig
+
+
+MODELS = {
+    "als": lambda: ALSRecommender(factors=16, iterations=10, regularization=0.1, alpha=5.0),
+    "popularity": PopularityRecommender,
+    "item_knn": ItemKNNRecommender,
+    "personal_frequency": PersonalFrequencyRecommender,
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return checkerboard()
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def fitted(request, data):
+    train, *_ = data
+    return request.param, MODELS[request.param]().fit(train)
+
+
+def test_not_fitted_fails_clearly():
+    for make in MODELS.values():
+        with pytest.raises(NotFittedError):
+            make().recommend(np.arange(2), sp.csr_matrix((2, 3)), k=2)
+
+
+def test_recommend_shapes_and_order(fitted, data):
+    name, model = fitted
+    train, *_ = data
+    items, scores = model.recommend(np.arange(10), train, k=7)
+    assert items.shape == scores.shape == (10, 7)
+    assert (items >= 0).all() and (items < train.shape[1]).all()
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), f"{name}: scores not sorted"
+    for row in items:
+        assert len(set(row)) == 7, f"{name}: duplicate items in a list"
+
+
+def test_batch_equals_single(fitted, data):
+    _, model = fitted
+    train, *_ = data
+    rows = np.arange(25)
+    batch, _ = model.recommend(rows, train, k=10, batch_size=7)
+    for r in rows[:10]:
+        single, _ = model.recommend(np.array([r]), train, k=10)
+        np.testing.assert_array_equal(single[0], batch[r])
+
+
+def test_exclude_seen(fitted, data):
+    _, model = fitted
+    train, *_ = data
+    items, _ = model.recommend(np.arange(20), train, k=10, exclude_seen=True)
+    for u in range(20):
+        assert not set(items[u]) & set(train[u].indices)
+
+
+def test_customer_without_history_gets_a_full_list(fitted, data):
+    train, *_ = data
+    _, model = fitted
+    empty = sp.csr_matrix(train.shape, dtype=np.float32)
+    items, scores = model.recommend(np.array([0]), empty, k=5)
+    assert (items >= 0).all()
+
+
+def test_als_save_load_round_trip_gives_same_top_n(data):
+    train, *_ = data
+    model = ALSRecommender(factors=8, iterations=5).fit(train)
+    again = ALSRecommender.from_factors(
+        model.user_factors_.copy(), model.item_factors_.copy(),
+        regularization=model.regularization, alpha=model.alpha,
+    )
+    a, _ = model.recommend(np.arange(50), train, k=10)
+    b, _ = again.recommend(np.arange(50), train, k=10)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_als_refuses_nan_factors(data):
+    train, *_ = data
+    model = ALSRecommender(factors=4, iterations=2).fit(train)
+    bad = model.user_factors_.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(FactorError):
+        ALSRecommender.from_factors(bad, model.item_factors_, regularization=0.1, alpha=1.0)
+    with pytest.raises(FactorError):
+        ALSRecommender().fit(sp.csr_matrix((5, 5), dtype=np.float32))
+
+
+def test_fold_in_matches_the_trained_customer(data):
+    """Folding in a known customer's history lands near their trained factors."""
+    train, *_ = data
+    model = ALSRecommender(factors=16, iterations=15, regularization=0.1, alpha=5.0).fit(train)
+    u = 11
+    x = model.fold_in(train[u].indices, train[u].data)
+    cos = x @ model.user_factors_[u] / (np.linalg.norm(x) * np.linalg.norm(model.user_factors_[u]))
+    assert cos > 0.95
+    top_folded = set(top_k((x @ model.item_factors_.T)[None, :], 10)[0][0])
+    top_trained = set(model.recommend(np.array([u]), train, k=10)[0][0])
+    assert len(top_folded & top_trained) >= 8
+
+
+def test_similar_items_stay_in_group(data):
+    train, _, _, ig = data
+    model = ALSRecommender(factors=16, iterations=15, regularization=0.1, alpha=5.0).fit(train)
+    sims, _ = model.similar_items(0, k=10)
+    assert 0 not in sims
+    assert np.mean(ig[sims] == ig[0]) >= 0.8
+
+
+def test_als_beats_popularity_on_known_structure(data):
+    train, test, *_ = data
+    users = np.arange(train.shape[0])
+    als = ALSRecommender(factors=16, iterations=15, regularization=0.1, alpha=5.0)
+    weighted = apply_weighting(train, "bm25")
+    m_als = evaluate_recommender(als.fit(weighted), train, test, users, exclude_seen=True)
+    m_pop = evaluate_recommender(
+        PopularityRecommender().fit(train), train, test, users, exclude_seen=True
+    )
+    assert m_als["ndcg@10"] > 1.5 * m_pop["ndcg@10"], (m_als, m_pop)
+    assert m_als["recall@20"] > m_pop["recall@20"]
+
+
+@pytest.mark.parametrize("scheme", ["raw", "log", "bm25", "tfidf"])
+def test_weightings_keep_sparsity_and_are_positive(scheme, data):
+    train, *_ = data
+    w = apply_weighting(train * 3, scheme)
+    assert w.nnz == train.nnz
+    assert (w.data > 0).all() and np.isfinite(w.data).all()

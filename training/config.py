@@ -1,0 +1,73 @@
+"""Typed configuration of a training run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ALSConfig:
+    """Hyperparameters of the ALS ranking model."""
+
+    factors: int = 64
+    """Latent dimensions."""
+    regularization: float = 0.05
+    """L2 penalty on the factors."""
+    alpha: float = 10.0
+    """Confidence scale of a (weighted) interaction."""
+    iterations: int = 15
+    """ALS sweeps when fitting on the evaluation split."""
+    weighting: str = "bm25"
+    """Interaction weighting: raw, log, bm25 or tfidf."""
+    half_life_days: float | None = None
+    """Recency decay of each order line's weight; None keeps all lines equal."""
+    refit_iterations: int = 2
+    """Extra sweeps on the whole log, warm-started from the evaluated model."""
+
+
+@dataclass
+class SearchConfig:
+    """Hyperparameter search on a validation window before the evaluation window."""
+
+    enabled: bool = False
+    """Run the search (``--search``); otherwise the defaults above are used."""
+    time_budget_s: float = 300.0
+    """Stop starting new trials after this many seconds."""
+    max_trials: int = 30
+    """At most this many configurations."""
+    seed: int = 0
+    """Seed of the random search."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what ``encore train`` builds."""
+
+    eval_days: int = 28
+    """Length of the held-out evaluation window at the end of the log, in days."""
+    timing_horizon_days: float | None = None
+    """Window for judging the next-purchase model; defaults to ``eval_days``."""
+    popularity_days: int = 90
+    """Popularity for unknown customers counts buyers over this many recent days."""
+    top_n: int = 100
+    """Recommendations precomputed per known customer for serving (0 disables)."""
+    min_item_customers: int = 1
+    """Items bought by fewer customers are left out of the ranking model."""
+    seed: int = 0
+    """Seed for every random step."""
+    als: ALSConfig = field(default_factory=ALSConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    run_baselines: bool = True
+    """Evaluate popularity, item-kNN and personal frequency on the same split."""
+    timing: bool = True
+    """Fit the next-purchase-time and buy-it-again models."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,184 @@
+"""Batch exports from a published version: recommendations and next-purchase tables.
+
+Both write in blocks of customers, so a million customers never need more than
+one block of scores in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recommender.base import mask_seen, top_k
+from recommender.bundle import Bundle
+from recommender.data import DataError, read_table
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made from this version."""
+
+
+def read_customer_list(path: str | Path) -> np.ndarray:
+    """Customer ids from a file: a ``customer_id`` column, or one id per line."""
+    path = Path(path)
+    frame, _ = read_table(path, what="customer list")
+    if "customer_id" in frame.columns:
+        ids = frame["customer_id"]
+    elif len(frame.columns) == 1:
+        # a headerless list: the header row is itself an id
+        ids = pd.concat([pd.Series([frame.columns[0]]), frame.iloc[:, 0]], ignore_index=True)
+    else:
+        raise DataError(f"{path}: expected a customer_id column or one id per line")
+    return ids.astype(str).str.strip().to_numpy()
+
+
+class _TableWriter:
+    """Append blocks to a CSV or Parquet file chosen by extension."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.parquet = self.out.suffix.lower() in (".parquet", ".pq")
+        self.writer: pq.ParquetWriter | None = None
+        self.tmp = self.out.with_name(self.out.name + ".partial")
+        self.first = True
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.parquet:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            self.writer.write_table(table)
+        else:
+            frame.to_csv(self.tmp, mode="w" if self.first else "a", header=self.first, index=False)
+        self.first = False
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.first:  # nothing written: still produce a valid empty file
+            return
+        self.tmp.replace(self.out)  # readers never see a half-written export
+
+
+def _rows_for(bundle: Bundle, customer_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if customer_ids is None:
+        rows = np.arange(bundle.n_customers)
+        return rows, bundle.customers.ids_
+    rows = bundle.customers.rows(customer_ids)
+    return rows, np.asarray(customer_ids, dtype=str)
+
+
+def _blocks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def export_recommendations(
+    bundle: Bundle,
+    out: str | Path,
+    *,
+    customer_ids: np.ndarray | None = None,
+    k: int = 10,
+    exclude_purchased: bool = False,
+    batch_size: int = 4096,
+) -> dict[str, int]:
+    """Write ``customer_id,rank,item_id,score`` for each customer.
+
+    Known customers get ALS picks from blocked matrix products; customers the
+    model has not seen get the popular items (with their popularity as score).
+    Returns counts of customers by strategy.
+    """
+    if bundle.als is None:
+        raise ExportError(
+            "this model version has no ranking model (the log had no item detail); "
+            "use `encore next-purchase` for timing"
+        )
+    if not 1 <= k <= bundle.n_items:
+        raise ExportError(f"-k must be between 1 and the number of items ({bundle.n_items})")
+    rows, ids = _rows_for(bundle, customer_ids)
+    pop_items, pop_scores = top_k(bundle.popularity[None, :].astype(np.float32), k)
+    writer = _TableWriter(out)
+    stats = {"personalized": 0, "popular": 0}
+    item_ids = bundle.items.ids_
+    try:
+        for sl in _blocks(len(rows), batch_size):
+            r, cid = rows[sl], ids[sl]
+            known = r >= 0
+            items = np.repeat(pop_items, len(r), axis=0)
+            scores = np.repeat(pop_scores, len(r), axis=0)
+            if known.any():
+                s = bundle.als.score(r[known])
+                if exclude_purchased:
+                    mask_seen(s, bundle.history, r[known])
+                it, sc = top_k(s, k)
+                items[known], scores[known] = it, sc
+            stats["personalized"] += int(known.sum())
+            stats["popular"] += int((~known).sum())
+            valid = items >= 0
+            n = len(r)
+            frame = pd.DataFrame(
+                {
+                    "customer_id": np.repeat(cid, k)[valid.ravel()],
+                    "rank": np.tile(np.arange(1, k + 1), n)[valid.ravel()],
+                    "item_id": item_ids[items[valid]],
+                    "score": scores[valid].astype(np.float64).round(6),
+                }
+            )
+            writer.write(frame)
+    finally:
+        writer.close()
+    return stats
+
+
+def export_next_purchase(
+    bundle: Bundle,
+    out: str | Path,
+    *,
+    horizon_days: float = 30.0,
+    customer_ids: np.ndarray | None = None,
+    batch_size: int = 100_000,
+) -> dict[str, int]:
+    """Write one row per customer with the timing model's figures for the horizon.
+
+    Columns: customer_id, p_active, expected_purchases, p_purchase,
+    median_days_to_next, next_purchase_date (empty where the customer has most
+    likely churned, so no date is meaningful).
+    """
+    if bundle.timing is None:
+        raise ExportError("this model version has no next-purchase model")
+    if not horizon_days > 0:
+        raise ExportError("--horizon-days must be positive")
+    rows, ids = _rows_for(bundle, customer_ids)
+    unknown = int((rows < 0).sum())
+    rows, ids = rows[rows >= 0], ids[rows >= 0]
+    as_of = pd.Timestamp(bundle.manifest["as_of"])
+    writer = _TableWriter(out)
+    try:
+        for sl in _blocks(len(rows), batch_size):
+            pred = bundle.timing.predict(horizon_days, rows[sl])
+            med = np.asarray(pred["median_days_to_next"], dtype=np.float64)
+            finite = np.isfinite(med)
+            dates = np.full(len(med), "", dtype=object)
+            if finite.any():
+                d = as_of + pd.to_timedelta(np.ceil(med[finite]), unit="D")
+                dates[finite] = (d - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+            writer.write(
+                pd.DataFrame(
+                    {
+                        "customer_id": ids[sl],
+                        "p_active": np.round(pred["p_active"], 6),
+                        "expected_purchases": np.round(pred["expected_purchases"], 6),
+                        "p_purchase": np.round(pred["p_purchase"], 6),
+                        "median_days_to_next": np.where(finite, np.round(med, 2), np.nan),
+                        "next_purchase_date": dates,
+                    }
+                )
+            )
+    finally:
+        writer.close()
+    return {"customers": int(len(rows)), "unknown": unknown}

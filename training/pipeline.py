@@ -1,0 +1,296 @@
+"""``encore train``: from a transaction log to an evaluated, published model version.
+
+Steps: load and check the log; split off the last ``eval_days`` as an
+evaluation window; optionally search ALS hyperparameters on the window before
+it; fit ALS on the history before the window and judge it and the baselines on
+the window; refit on the whole log (warm-started); fit the next-purchase and
+buy-it-again models; write the version atomically; read it back and check it;
+only then switch ``current``. A crash anywhere leaves the published version as
+it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recommender.artifacts import publish, remove_stale_temporaries
+from recommender.bundle import Catalog, load_bundle_dir, save_bundle
+from recommender.data import (
+    IdIndex,
+    as_of_cutoff,
+    load_catalog,
+    load_transactions,
+)
+from recommender.interactions import build_matrix
+from training import ranking
+from training.config import TrainConfig
+from training.search import search as run_search
+
+log = logging.getLogger("encore.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot produce a publishable version; the published one is untouched."""
+
+
+@dataclass
+class TrainResult:
+    """What a run built and where."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    published: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+Reporter = Callable[[str], None]
+
+
+@contextmanager
+def _step(name: str, timings: dict[str, float], say: Reporter) -> Iterator[None]:
+    say(f"[step] {name} ...")
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 3)
+    say(f"[done] {name} in {timings[name]:.2f}s")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("encore", "implicit", "numpy", "scipy", "pandas", "pyarrow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def to_days(ts: pd.Series | np.ndarray) -> np.ndarray:
+    """Timestamps as float days since the Unix epoch."""
+    arr = np.asarray(ts, dtype="datetime64[s]").astype(np.int64)
+    return arr / 86400.0
+
+
+def recent_popularity(
+    purchases: pd.DataFrame, customers: IdIndex, items: IdIndex, end: pd.Timestamp, days: int
+) -> np.ndarray:
+    """Distinct buyers per item over the last ``days`` (all time for items with none)."""
+    recent = purchases[purchases["timestamp"] >= end - pd.Timedelta(days=days)]
+    m = build_matrix(recent.assign(weight=1.0), customers, items)
+    m.data[:] = 1.0
+    pop = np.asarray(m.sum(axis=0)).ravel()
+    allm = build_matrix(purchases.assign(weight=1.0), customers, items)
+    allm.data[:] = 1.0
+    # all-time buyers break ties and rank items with no recent sale
+    pop_all = np.asarray(allm.sum(axis=0)).ravel()
+    score = pop + pop_all / (pop_all.max(initial=0.0) + 1.0)
+    return (score / max(score.max(initial=0.0), 1e-12)).astype(np.float32)
+
+
+def train(
+    transactions: str | Path,
+    *,
+    items_path: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    models_dir: str | Path = "models",
+    as_of: str | None = None,
+    strict: bool = False,
+    event_weights: dict[str, float] | None = None,
+    time_format: str | None = None,
+    config: TrainConfig | None = None,
+    do_publish: bool = True,
+    say: Reporter = print,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Train, evaluate and publish a model version; see the module docstring.
+
+    Raises
+    ------
+    recommender.data.DataError
+        The log or catalog cannot be used.
+    TrainingError
+        A model cannot be fitted or fails its checks.
+    """
+    cfg = config or TrainConfig()
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    t_start = time.perf_counter()
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        say(f"[warn] {msg}")
+
+    with _step("load and check the log", timings, say):
+        tx = load_transactions(
+            transactions,
+            columns=columns,
+            as_of=as_of,
+            strict=strict,
+            event_weights=event_weights,
+            time_format=time_format,
+        )
+        catalog_frame, catalog_report = (None, None)
+        if items_path is not None:
+            catalog_frame, catalog_report = load_catalog(items_path, columns=columns, strict=strict)
+    rep = tx.report
+    say(
+        f"        {rep.rows_read:,} rows read, {rep.rows_kept:,} kept, "
+        f"{rep.rows_dropped:,} dropped"
+        + "".join(f"; {k}: {v:,}" for k, v in rep.dropped.items() if v)
+    )
+
+    frame = tx.frame
+    purchases = tx.purchases
+    if len(purchases) == 0:
+        raise TrainingError("the log has no purchase events; nothing to learn when customers buy")
+    end = as_of_cutoff(as_of) if as_of else as_of_cutoff(frame["timestamp"].max().normalize())
+    eval_cut = end - pd.Timedelta(days=cfg.eval_days)
+    customers = IdIndex.from_values(frame["customer_id"].to_numpy())
+    item_counts = frame.groupby("item_id", sort=False)["customer_id"].nunique()
+    kept_items = item_counts.index[item_counts >= cfg.min_item_customers].to_numpy()
+    items = IdIndex.from_values(kept_items)
+    say(f"        {len(customers):,} customers, {len(items):,} items, up to {end.date()} (as-of)")
+
+    metrics: dict[str, Any] = {}
+    als_model = None
+    chosen = cfg.als
+    trials: list[dict[str, Any]] = []
+    rank_ok = len(items) >= 2
+    if not rank_ok:
+        warn(
+            f"ranking model skipped: the log has {len(items)} distinct item(s), so there is "
+            "nothing to rank (a log without item detail, like CDNOW's); "
+            "training the next-purchase model only"
+        )
+    if rank_ok and frame["timestamp"].min() >= eval_cut:
+        rank_ok = False
+        warn(
+            f"ranking model skipped: the log spans less than the {cfg.eval_days}-day "
+            "evaluation window, so it cannot be evaluated; lower --eval-days"
+        )
+
+    if rank_ok:
+        with _step("split off the evaluation window", timings, say):
+            split = ranking.make_split(frame, purchases, customers, items, eval_cut, end)
+        say(
+            f"        evaluation window {eval_cut.date()} .. {(end - pd.Timedelta(days=1)).date()}:"
+            f" {split.n_users:,} customers with history buy in it"
+        )
+        if split.n_users == 0:
+            raise TrainingError(
+                "no customer with history buys in the evaluation window; "
+                "the model cannot be evaluated (check --as-of and --eval-days)"
+            )
+        if cfg.search.enabled:
+            with _step("hyperparameter search on the validation window", timings, say):
+                val_split = ranking.make_split(
+                    frame, purchases, customers, items,
+                    eval_cut - pd.Timedelta(days=cfg.eval_days), eval_cut,
+                )
+                if val_split.n_users == 0:
+                    warn("search skipped: no customer buys in the validation window")
+                else:
+                    chosen, trials = run_search(
+                        val_split, customers, items, cfg.als, cfg.search,
+                        on_trial=lambda i, c, m: say(
+                            f"        trial {i + 1}: nDCG@10 {m['ndcg@10']:.4f} "
+                            f"factors={c.factors} reg={c.regularization} alpha={c.alpha} "
+                            f"w={c.weighting} half-life={c.half_life_days} it={c.iterations}"
+                        ),
+                    )
+        with _step("fit ALS on the history before the window", timings, say):
+            matrix = ranking.weighted_matrix(split.train, customers, items, chosen, now=eval_cut)
+            eval_model = ranking.fit_als(matrix, chosen, cfg.seed, show_progress=show_progress)
+        with _step("evaluate ALS and baselines on the window", timings, say):
+            ranking_metrics = {"als": ranking.evaluate(eval_model, split)}
+            if cfg.run_baselines:
+                ranking_metrics.update(ranking.evaluate_baselines(split))
+        metrics["ranking"] = ranking_metrics
+        metrics["ranking_window"] = {
+            "start": eval_cut.isoformat(), "end": end.isoformat(), "customers": split.n_users,
+        }
+        with _step("refit ALS on the whole log", timings, say):
+            full = ranking.weighted_matrix(frame, customers, items, chosen, now=end)
+            als_model = ranking.fit_als(
+                full, chosen, cfg.seed, warm_start=eval_model,
+                iterations=chosen.refit_iterations,
+            )
+
+    timing_model = repurchase_model = None
+    if cfg.timing:
+        from training.timing_step import fit_timing_models
+
+        with _step("fit next-purchase and buy-again models", timings, say):
+            timing_model, repurchase_model, timing_metrics = fit_timing_models(
+                purchases, customers, items, end, cfg, warn=warn
+            )
+        metrics.update(timing_metrics)
+
+    history = build_matrix(purchases.assign(weight=1.0), customers, items)
+    popularity = recent_popularity(purchases, customers, items, end, cfg.popularity_days)
+    catalog = Catalog.from_frame(catalog_frame, items)
+    topn = None
+    if als_model is not None and cfg.top_n > 0:
+        with _step("precompute top-N for known customers", timings, say):
+            topn = als_model.recommend(np.arange(len(customers)), history, k=cfg.top_n)
+
+    manifest = {
+        "as_of": end.isoformat(),
+        "libraries": library_versions(),
+        "config": {**cfg.to_dict(), "als_chosen": dataclasses.asdict(chosen)},
+        "config_hash": cfg.hash(),
+        "data": tx.fingerprint(),
+        "validation": rep.to_dict(),
+        "catalog": catalog_report,
+        "metrics": metrics,
+        "search": {"trials": trials} if trials else None,
+        "warnings": warnings,
+        "timings_s": timings,
+    }
+    with _step("write and check the model version", timings, say):
+        models_dir = Path(models_dir)
+        remove_stale_temporaries(models_dir)
+        manifest["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+        path = save_bundle(
+            models_dir,
+            customers=customers,
+            items=items,
+            history=history,
+            popularity=popularity,
+            catalog=catalog,
+            manifest=manifest,
+            als=als_model,
+            topn=topn,
+            timing=timing_model,
+            repurchase=repurchase_model,
+        )
+        # Read back exactly what serving will read before anyone is pointed at it.
+        bundle = load_bundle_dir(path)
+        if bundle.als is not None and len(customers):
+            probe = np.arange(min(len(customers), 64))
+            a, _ = als_model.recommend(probe, history, k=10) if als_model else (None, None)
+            b, _ = bundle.als.recommend(probe, bundle.history, k=10)
+            if a is not None and not np.array_equal(a, b):
+                raise TrainingError(f"{path}: saved model does not reproduce its recommendations")
+    if do_publish:
+        publish(models_dir, path.name)
+    return TrainResult(
+        version=path.name,
+        path=path,
+        manifest=bundle.manifest,
+        published=do_publish,
+        warnings=warnings,
+    )

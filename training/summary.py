@@ -1,0 +1,81 @@
+"""The one-screen summary printed at the end of ``encore train``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+RANK_COLS = ("ndcg@10", "recall@20", "recall@20_repeat", "recall@20_new", "map@10", "coverage@10")
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return "-" if v is None else str(v)
+
+
+def print_summary(result: Any, console: Console) -> None:
+    m = result.manifest
+    metrics = m.get("metrics", {})
+    ranking = metrics.get("ranking")
+    if ranking:
+        w = metrics.get("ranking_window", {})
+        t = Table(title=f"Ranking on the held-out window ({w.get('customers', '?')} customers, "
+                        f"{w.get('start', '?')[:10]} .. {w.get('end', '?')[:10]})")
+        t.add_column("model")
+        for c in RANK_COLS:
+            t.add_column(c, justify="right")
+        for name, row in ranking.items():
+            t.add_row(name, *(_f(row.get(c)) for c in RANK_COLS))
+        console.print(t)
+    timing = metrics.get("timing")
+    if timing:
+        t = Table(title=f"Next-purchase model on the last {timing.get('horizon_days', '?'):g} days "
+                        f"({timing.get('customers', '?')} customers; model {timing.get('model')})")
+        cols = ("rmse", "mae", "msle", "total_predicted", "total_actual", "bias", "brier",
+                "log_loss", "auc")
+        t.add_column("estimator")
+        for c in cols:
+            t.add_column(c, justify="right")
+        rows = [("encore", timing)] + [
+            (k, v) for k, v in (timing.get("baselines") or {}).items() if isinstance(v, dict)
+        ]
+        for name, row in rows:
+            t.add_row(name, *(_f(row.get(c), 3) for c in cols))
+        console.print(t)
+    ba = metrics.get("buy_again")
+    if ba and ba.get("customers"):
+        t = Table(title=f"Buy-again list on repeat items in the window ({ba['customers']} customers)")
+        t.add_column("list")
+        t.add_column(f"recall@{ba['k']}", justify="right")
+        t.add_column(f"ndcg@{ba['k']}", justify="right")
+        for name in ("buy_again", "personal_frequency"):
+            row = ba[name]
+            t.add_row(name, _f(row[f"recall@{ba['k']}"]), _f(row[f"ndcg@{ba['k']}"]))
+        console.print(t)
+    d = m.get("data", {})
+    v = m.get("validation", {})
+    console.print(
+        f"Data: {d.get('rows', 0):,} rows kept of {v.get('rows_read', 0):,} read "
+        f"({v.get('rows_dropped', 0):,} dropped), {d.get('customers', 0):,} customers, "
+        f"{d.get('items', 0):,} items, {str(d.get('time_min'))[:10]} .. {str(d.get('time_max'))[:10]}",
+        markup=False,
+    )
+    chosen = m.get("config", {}).get("als_chosen", {})
+    if m.get("components", {}).get("als"):
+        console.print(
+            "ALS: " + ", ".join(f"{k}={chosen.get(k)}" for k in
+                                ("factors", "regularization", "alpha", "iterations", "weighting",
+                                 "half_life_days")),
+            markup=False,
+        )
+    for w in m.get("warnings", []):
+        console.print(f"warning: {w}", markup=False)
+    state = "published as current" if result.published else "written, NOT published"
+    console.print(
+        f"Model version {result.version} {state}: {result.path} "
+        f"({m.get('timings_s', {}).get('total', 0):.1f}s)",
+        markup=False,
+    )

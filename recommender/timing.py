@@ -54,7 +54,7 @@ __all__ = [
     "NotFittedError",
     "ParetoNBD",
     "PurchaseSummary",
-    # "PurchaseTimingModel",
+    "PurchaseTimingModel",
     "TimingFitError",
     "TimingStateError",
     "simulate_bgnbd",
@@ -315,7 +315,9 @@ def _as_rows(x: Any, t_x: Any, T: Any) -> tuple[np.ndarray, np.ndarray, np.ndarr
         np.asarray(t_x, dtype=np.float64),
         np.asarray(T, dtype=np.float64),
     )
-    if not (np.all(np.isfinite(x_arr)) and np.all(np.isfinite(tx_arr)) and np.all(np.isfinite(T_arr))):
+    if not (
+        np.all(np.isfinite(x_arr)) and np.all(np.isfinite(tx_arr)) and np.all(np.isfinite(T_arr))
+    ):
         raise ValueError("x, t_x and T must be finite")
     if np.any(x_arr < 0) or np.any(tx_arr < 0):
         raise ValueError("x and t_x must be non-negative")
@@ -432,9 +434,13 @@ class _TimingModel:
 
     # -- fitting -----------------------------------------------------------
     def _check_fitted(self) -> np.ndarray:
-        if getattr(self, "params_", None) is None:
+        return np.array([self._fitted_params[k] for k in self.param_names])
+
+    @property
+    def _fitted_params(self) -> dict[str, float]:
+        if self.params_ is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
-        return np.array([self.params_[k] for k in self.param_names])
+        return self.params_
 
     @classmethod
     def from_params(cls, params: dict[str, float], **hyper: Any) -> _TimingModel:
@@ -531,19 +537,29 @@ class _TimingModel:
         bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(self.param_names)
         opts = {"maxiter": int(self.max_iter), "ftol": float(self.tol), "gtol": 1e-8}
         res = optimize.minimize(
-            objective, theta0, jac=self.has_gradient, method="L-BFGS-B", bounds=bounds,
+            objective,
+            theta0,
+            jac=self.has_gradient,
+            method="L-BFGS-B",
+            bounds=bounds,
             options=opts,
         )
         if not res.success:
             # Line-search failures near the optimum are common with finite
             # differences; polish with Nelder-Mead and try once more.
-            f_only = (lambda th: objective(th)[0]) if self.has_gradient else objective
+            f_only = (lambda th: objective(th)[0]) if self.has_gradient else objective  # type: ignore[index]
             nm = optimize.minimize(
-                f_only, res.x, method="Nelder-Mead",
+                f_only,
+                res.x,
+                method="Nelder-Mead",
                 options={"maxiter": 4000, "xatol": 1e-8, "fatol": 1e-12},
             )
             res = optimize.minimize(
-                objective, nm.x, jac=self.has_gradient, method="L-BFGS-B", bounds=bounds,
+                objective,
+                nm.x,
+                jac=self.has_gradient,
+                method="L-BFGS-B",
+                bounds=bounds,
                 options=opts,
             )
             converged = bool(res.success) or bool(nm.success and nm.fun <= res.fun + 1e-9)
@@ -556,7 +572,9 @@ class _TimingModel:
         ll_total = float(wu @ self._loglik(params, xu, tu, Tu, grad=False)[0])
         if not (np.all(np.isfinite(params)) and math.isfinite(ll_total)):
             raise TimingFitError(f"{self.name}: non-finite parameters or log-likelihood")
-        at_bound = [k for k, th in zip(self.param_names, theta, strict=True) if abs(th) > _LOG_BOUND - 1e-3]
+        at_bound = [
+            k for k, th in zip(self.param_names, theta, strict=True) if abs(th) > _LOG_BOUND - 1e-3
+        ]
         if at_bound:
             raise TimingFitError(
                 f"{self.name}: parameter(s) {at_bound} diverged to "
@@ -705,18 +723,22 @@ class _BetaGeometricModel(_TimingModel):
         d_r = digamma(rx) - digamma(r) + math.log(alpha) - (w1 * lT + w2 * lt)
         d_alpha = r / alpha - rx * (w1 / (alpha + T) + w2 / (alpha + t_x))
         psi_abx = digamma(a + b + x + m)
-        d_a = -(digamma(a) - digamma(a + b)) + w1 * (digamma(a) - psi_abx) + w2 * (
-            digamma(a + 1.0) - psi_abx
+        d_a = (
+            -(digamma(a) - digamma(a + b))
+            + w1 * (digamma(a) - psi_abx)
+            + w2 * (digamma(a + 1.0) - psi_abx)
         )
-        d_b = -(digamma(b) - digamma(a + b)) + w1 * (digamma(b + x + m) - psi_abx) + w2 * (
-            np.where(second, digamma(bb), 0.0) - psi_abx
+        d_b = (
+            -(digamma(b) - digamma(a + b))
+            + w1 * (digamma(b + x + m) - psi_abx)
+            + w2 * (np.where(second, digamma(bb), 0.0) - psi_abx)
         )
         g = np.stack([d_r * r, d_alpha * alpha, d_a * a, d_b * b], axis=1)
         return ll, g
 
     def _log_odds_dead(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
         """log P(dead)/P(alive) for the history; ``-inf`` where death is impossible."""
-        r, alpha, a, b = (self.params_[k] for k in self.param_names)
+        r, alpha, a, b = (self._fitted_params[k] for k in self.param_names)
         m = 1.0 if self.modified else 0.0
         second = np.ones(np.shape(x), dtype=bool) if self.modified else x > 0
         bb = np.where(second, b + x + m - 1.0, 1.0)
@@ -745,7 +767,7 @@ class _BetaGeometricModel(_TimingModel):
         self._check_fitted()
         xa, ta, Ta = _as_rows(x, t_x, T)
         t_arr = _check_t(t)
-        r, alpha, a, b = (self.params_[k] for k in self.param_names)
+        r, alpha, a, b = (self._fitted_params[k] for k in self.param_names)
         m = 1.0 if self.modified else 0.0
         if abs(a - 1.0) < 1e-7:  # removable singularity at a = 1
             a = 1.0 + 1e-7
@@ -763,9 +785,7 @@ class _BetaGeometricModel(_TimingModel):
             out[bad] = pa[bad] * self._expected_given_alive_quad(t_b[bad], x_b[bad], T_b[bad])
         return np.where(t_arr > 0, np.maximum(out, 0.0), 0.0)
 
-    def _expected_given_alive_quad(
-        self, t: np.ndarray, x: np.ndarray, T: np.ndarray
-    ) -> np.ndarray:
+    def _expected_given_alive_quad(self, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
         """E[purchases in t | alive] by quadrature over p ~ Beta(a, b + x + m).
 
         Given alive, rate lambda and dropout p, the expected number of purchases
@@ -774,7 +794,7 @@ class _BetaGeometricModel(_TimingModel):
         """
         from scipy import integrate
 
-        r, alpha, a, b = (self.params_[k] for k in self.param_names)
+        r, alpha, a, b = (self._fitted_params[k] for k in self.param_names)
         m = 1.0 if self.modified else 0.0
         out = np.empty(t.shape)
         for i, (ti, xi, Ti) in enumerate(zip(t.ravel(), x.ravel(), T.ravel(), strict=True)):
@@ -790,11 +810,11 @@ class _BetaGeometricModel(_TimingModel):
     def _p_purchase_given_alive(self, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
         # Alive now => no dropout before the next purchase; lambda | history ~
         # Gamma(r + x, alpha + T), so the waiting time is Lomax.
-        r, alpha = self.params_["r"], self.params_["alpha"]
+        r, alpha = self._fitted_params["r"], self._fitted_params["alpha"]
         return -np.expm1(-(r + x) * np.log1p(t / (alpha + T)))
 
     def _median_given_alive(self, x: np.ndarray, T: np.ndarray) -> np.ndarray:
-        r, alpha = self.params_["r"], self.params_["alpha"]
+        r, alpha = self._fitted_params["r"], self._fitted_params["alpha"]
         return (alpha + T) * np.expm1(math.log(2.0) / (r + x))
 
 
@@ -841,7 +861,7 @@ class ParetoNBD(_TimingModel):
 
     @staticmethod
     def _log_terms(
-        p: Sequence[float], x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+        p: Sequence[float] | np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(log prefactor, log 'alive' term, log 'died in (t_x, T)' term)``."""
         r, alpha, s, beta = (float(v) for v in p)
@@ -849,6 +869,7 @@ class ParetoNBD(_TimingModel):
         mm = rx + s
         pre = gammaln(rx) - gammaln(r) + r * math.log(alpha) + s * math.log(beta)
         log_alive = -rx * np.log(alpha + T) - s * np.log(beta + T)
+        bp: float | np.ndarray
         if alpha >= beta:
             base, d, bp = alpha, alpha - beta, s + 1.0
             second = rx  # m + 1 - b'
@@ -890,7 +911,7 @@ class ParetoNBD(_TimingModel):
         self._check_fitted()
         xa, ta, Ta = _as_rows(x, t_x, T)
         t_arr = _check_t(t)
-        r, alpha, s, beta = (self.params_[k] for k in self.param_names)
+        r, alpha, s, beta = (self._fitted_params[k] for k in self.param_names)
         L = -np.log1p(t_arr / (beta + Ta))  # log((beta+T)/(beta+T+t))
         out = (r + xa) * (beta + Ta) / (alpha + Ta) * _neg_expm1_ratio(s - 1.0, L)
         return np.maximum(out * self.p_alive(xa, ta, Ta), 0.0)
@@ -898,7 +919,7 @@ class ParetoNBD(_TimingModel):
     def _given_alive_parts(
         self, x: np.ndarray, T: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        r, alpha, s, beta = (self.params_[k] for k in self.param_names)
+        r, alpha, s, beta = (self._fitted_params[k] for k in self.param_names)
         return r + x, alpha + T, beta + T
 
     def _integral_v(
@@ -910,7 +931,7 @@ class ParetoNBD(_TimingModel):
         lambda ~ Gamma(k, A), the integrand is
         ``q (1-v)**(q-1) (1 + y/B)**(-s)``, ``y = A((1-v)**(-q/k) - 1)``.
         """
-        s = self.params_["s"]
+        s = self._fitted_params["s"]
         v = v_hi[..., None] * _GL_X  # (..., nodes)
         kk, AA, BB = k[..., None], A[..., None], B[..., None]
         l1v = np.log1p(-v)
@@ -953,3 +974,394 @@ MODELS: dict[str, type[_TimingModel]] = {
     ParetoNBD.name: ParetoNBD,
     MBGNBD.name: MBGNBD,
 }
+
+
+# --------------------------------------------------------------------------
+# The wrapper the pipeline uses
+# --------------------------------------------------------------------------
+
+#: Schema tag written by :meth:`PurchaseTimingModel.to_state`.
+STATE_SCHEMA = "encore.purchase_timing/1"
+
+# Metrics where a smaller value is better, and how to rank by them.
+_SELECTION_METRICS = {
+    "rmse": lambda m: m["rmse"],
+    "mae": lambda m: m["mae"],
+    "msle": lambda m: m["msle"],
+    "brier": lambda m: m["brier"],
+    "log_loss": lambda m: m["log_loss"],
+    "abs_bias": lambda m: abs(m["relative_bias"]) if m["relative_bias"] is not None else math.inf,
+}
+
+
+class PurchaseTimingModel:
+    """Next-purchase timing for every customer, choosing among the BTYD models.
+
+    The public API speaks days; the models are fitted in ``unit_days``.
+
+    Parameters
+    ----------
+    candidates : sequence of str
+        Model names among ``"bgnbd"``, ``"pareto_nbd"``, ``"mbgnbd"``.
+    holdout_days : float, optional
+        When set, each candidate is fitted on the events up to
+        ``as_of_day - holdout_days``, scored on the following ``holdout_days``
+        and the best by ``selection_metric`` is refitted on everything up to
+        ``as_of_day``. When not set, the candidate with the highest
+        log-likelihood on all the data is kept (all three have four parameters).
+    unit_days : float
+        Time unit of the fit (7: weeks, where the parameters are of order one).
+    p_alive_floor : float
+        Customers with P(active) below this get ``median_days_to_next = inf``.
+    penalizer : float
+        L2 penalty passed to every candidate.
+    selection_metric : str
+        ``"rmse"`` (default), ``"mae"``, ``"msle"``, ``"brier"``, ``"log_loss"``
+        or ``"abs_bias"`` (absolute relative bias of the total).
+    probability_horizon_days : float, optional
+        Window of the "buys within N days" probability scored on the holdout
+        (default ``holdout_days``).
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[str] = ("bgnbd", "pareto_nbd", "mbgnbd"),
+        holdout_days: float | None = None,
+        unit_days: float = 7.0,
+        p_alive_floor: float = 0.1,
+        penalizer: float = 0.0,
+        selection_metric: str = "rmse",
+        probability_horizon_days: float | None = None,
+    ) -> None:
+        self.candidates = tuple(candidates)
+        self.holdout_days = holdout_days
+        self.unit_days = unit_days
+        self.p_alive_floor = p_alive_floor
+        self.penalizer = penalizer
+        self.selection_metric = selection_metric
+        self.probability_horizon_days = probability_horizon_days
+
+    model_: _TimingModel | None = None
+    summary_: PurchaseSummary
+    selection_: dict[str, Any]
+
+    def _check_config(self) -> None:
+        unknown = [c for c in self.candidates if c not in MODELS]
+        if not self.candidates or unknown:
+            raise ValueError(f"candidates must be among {sorted(MODELS)}; got {self.candidates}")
+        if self.selection_metric not in _SELECTION_METRICS:
+            raise ValueError(f"selection_metric must be one of {sorted(_SELECTION_METRICS)}")
+        if not (self.unit_days > 0):
+            raise ValueError("unit_days must be positive")
+        if self.holdout_days is not None and not (self.holdout_days > 0):
+            raise ValueError("holdout_days must be positive")
+        if not (0.0 <= self.p_alive_floor < 1.0):
+            raise ValueError("p_alive_floor must be in [0, 1)")
+
+    def _fit_one(self, name: str, summary: PurchaseSummary) -> _TimingModel:
+        x, t_x, T = summary.in_units(self.unit_days)
+        h = summary.has_history
+        return MODELS[name](penalizer=self.penalizer).fit(x[h], t_x[h], T[h])
+
+    def fit(
+        self,
+        customer_codes: np.ndarray,
+        days: np.ndarray,
+        as_of_day: float,
+        n_customers: int | None = None,
+    ) -> PurchaseTimingModel:
+        """Fit (and, with a holdout, select) the timing model.
+
+        Parameters
+        ----------
+        customer_codes : np.ndarray
+            Integer customer code per purchase event.
+        days : np.ndarray
+            Purchase time in days (float); same-day purchases are merged.
+        as_of_day : float
+            End of the training data (inclusive); later events are ignored.
+        n_customers : int, optional
+            Number of customer codes (default ``max(code) + 1``).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        TimingFitError
+            When no candidate can be fitted (e.g. no customer bought twice),
+            or the chosen one cannot be refitted on all the data.
+        """
+        from recommender.timing_metrics import evaluate_timing, naive_baselines
+
+        self._check_config()
+        codes = np.asarray(customer_codes)
+        days = np.asarray(days, dtype=np.float64)
+        summary = summarize_purchases(codes, days, as_of_day, n_customers)
+        n = summary.n_customers
+        selection: dict[str, Any] = {
+            "metric": self.selection_metric,
+            "holdout_days": self.holdout_days,
+            "unit_days": self.unit_days,
+            "candidates": {},
+        }
+        if self.holdout_days is not None:
+            cal_end = float(as_of_day) - float(self.holdout_days)
+            ph = float(self.probability_horizon_days or self.holdout_days)
+            cal = summarize_purchases(codes, days, cal_end, n)
+            mid = summarize_purchases(codes, days, min(cal_end + ph, float(as_of_day)), n)
+            rows = np.flatnonzero(cal.has_history)
+            if rows.size == 0:
+                raise TimingFitError("no customer has a purchase before the holdout window")
+            actual = (summary.x - cal.x)[rows].astype(np.float64)
+            bought = (mid.x - cal.x)[rows] > 0
+            x, t_x, T = (a[rows] for a in cal.in_units(self.unit_days))
+            base = naive_baselines(cal, self.holdout_days, ph)
+            base = {k: {kk: vv[rows] for kk, vv in v.items()} for k, v in base.items()}
+            selection.update(
+                calibration_end_day=cal_end,
+                probability_horizon_days=ph,
+                n_customers=int(rows.size),
+            )
+            scores: dict[str, float] = {}
+            for name in self.candidates:
+                try:
+                    m = self._fit_one(name, cal)
+                except TimingFitError as exc:
+                    selection["candidates"][name] = {"error": str(exc)}
+                    continue
+                ev = evaluate_timing(
+                    m.expected_purchases(self.holdout_days / self.unit_days, x, t_x, T),
+                    actual,
+                    m.p_purchase_within(ph / self.unit_days, x, t_x, T),
+                    bought,
+                )
+                ev["params"] = dict(m.params_ or {})
+                ev["log_likelihood"] = m.log_likelihood_
+                selection["candidates"][name] = ev
+                scores[name] = _SELECTION_METRICS[self.selection_metric](ev)
+            selection["baselines"] = {
+                k: v
+                for k, v in evaluate_timing(
+                    base["average_rate"]["counts"],
+                    actual,
+                    base["average_rate"]["p_purchase"],
+                    bought,
+                    base,
+                )["baselines"].items()
+            }
+            order = sorted(scores, key=lambda k: scores[k])
+        else:
+            fitted: dict[str, _TimingModel] = {}
+            for name in self.candidates:
+                try:
+                    fitted[name] = self._fit_one(name, summary)
+                except TimingFitError as exc:
+                    selection["candidates"][name] = {"error": str(exc)}
+                    continue
+                selection["candidates"][name] = {
+                    "params": dict(fitted[name].params_ or {}),
+                    "log_likelihood": fitted[name].log_likelihood_,
+                }
+            order = sorted(fitted, key=lambda k: -fitted[k].log_likelihood_)
+        if not order:
+            raise TimingFitError(f"no timing model could be fitted: {selection['candidates']}")
+
+        errors = []
+        for name in order:
+            try:
+                model = fitted[name] if self.holdout_days is None else self._fit_one(name, summary)
+            except TimingFitError as exc:
+                errors.append(f"{name}: {exc}")
+                continue
+            break
+        else:
+            raise TimingFitError("chosen timing model failed on all the data: " + "; ".join(errors))
+        selection["chosen"] = name
+        selection["refit_errors"] = errors
+        self.model_ = model
+        self.summary_ = summary
+        self.selection_ = _jsonable(selection)
+        return self
+
+    # -- predictions --------------------------------------------------------
+    def _check_fitted(self) -> _TimingModel:
+        if self.model_ is None:
+            raise NotFittedError("PurchaseTimingModel is not fitted; call fit() first")
+        return self.model_
+
+    @property
+    def model_name_(self) -> str:
+        """Name of the chosen model."""
+        return self._check_fitted().name
+
+    @property
+    def as_of_day_(self) -> float:
+        """The day the summary (and so every prediction) refers to."""
+        self._check_fitted()
+        return self.summary_.as_of_day
+
+    def _rows(
+        self, rows: np.ndarray | None, as_of_day: float | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        s = self.summary_
+        if rows is None:
+            idx = np.arange(s.n_customers)
+        else:
+            idx = np.asarray(rows, dtype=np.int64).ravel()
+            if idx.size and (idx.min() < 0 or idx.max() >= s.n_customers):
+                raise IndexError(f"customer rows must be in [0, {s.n_customers})")
+        extra = 0.0
+        if as_of_day is not None:
+            extra = float(as_of_day) - s.as_of_day
+            if not (extra >= 0 and math.isfinite(extra)):
+                raise ValueError("as_of_day must not be before the model's as-of day")
+        u = self.unit_days
+        return idx, s.x[idx], s.t_x[idx] / u, (s.T[idx] + extra) / u, s.has_history[idx]
+
+    def predict(
+        self,
+        horizon_days: float,
+        rows: np.ndarray | None = None,
+        *,
+        as_of_day: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Predictions for the next ``horizon_days`` for customer rows.
+
+        Parameters
+        ----------
+        horizon_days : float
+            Window length in days.
+        rows : np.ndarray, optional
+            Customer codes (default all).
+        as_of_day : float, optional
+            Predict from a later day than the fit, assuming no purchases in
+            between (``T`` grows, ``x`` and ``t_x`` stay).
+
+        Returns
+        -------
+        dict of np.ndarray
+            ``p_active`` (P(still a customer)), ``expected_purchases`` in the
+            window, ``p_purchase`` (at least one purchase in the window),
+            ``median_days_to_next`` (median days to the next purchase given
+            the customer is active; ``np.inf`` when ``p_active <
+            p_alive_floor`` or when an active customer is more likely to leave
+            than to buy again) and ``has_history``. Customers without history
+            get the predictions of a customer whose first purchase is on the
+            as-of day (the population prior); mask them with ``has_history``.
+        """
+        m = self._check_fitted()
+        h = float(horizon_days)
+        if not (h >= 0 and math.isfinite(h)):
+            raise ValueError("horizon_days must be finite and non-negative")
+        _, x, t_x, T, has = self._rows(rows, as_of_day)
+        t = h / self.unit_days
+        return {
+            "p_active": m.p_alive(x, t_x, T),
+            "expected_purchases": m.expected_purchases(t, x, t_x, T),
+            "p_purchase": m.p_purchase_within(t, x, t_x, T),
+            "median_days_to_next": m.median_time_to_next(x, t_x, T, self.p_alive_floor)
+            * self.unit_days,
+            "has_history": has.copy(),
+        }
+
+    def p_purchase_curve(
+        self, rows: np.ndarray | None, horizons_days: Any, *, as_of_day: float | None = None
+    ) -> np.ndarray:
+        """P(at least one purchase within each horizon), shape ``(len(rows), len(horizons))``."""
+        m = self._check_fitted()
+        _, x, t_x, T, _ = self._rows(rows, as_of_day)
+        hs = np.atleast_1d(np.asarray(horizons_days, dtype=np.float64)) / self.unit_days
+        return m.p_purchase_curve(hs, x, t_x, T)
+
+    # -- persistence --------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-serialisable metadata and the summary arrays (no pickle).
+
+        Returns
+        -------
+        tuple
+            ``(meta, arrays)``; ``arrays`` can be saved with ``np.savez`` and
+            loaded with ``allow_pickle=False``.
+        """
+        m = self._check_fitted()
+        meta = {
+            "schema": STATE_SCHEMA,
+            "model": m.name,
+            "params": dict(m.params_ or {}),
+            "log_likelihood": m.log_likelihood_,
+            "converged": bool(m.converged_),
+            "n_customers_fit": int(m.n_customers_),
+            "unit_days": float(self.unit_days),
+            "as_of_day": float(self.summary_.as_of_day),
+            "n_customers": int(self.summary_.n_customers),
+            "p_alive_floor": float(self.p_alive_floor),
+            "candidates": list(self.candidates),
+            "holdout_days": self.holdout_days,
+            "penalizer": float(self.penalizer),
+            "selection_metric": self.selection_metric,
+            "probability_horizon_days": self.probability_horizon_days,
+            "selection": self.selection_,
+        }
+        arrays = {k: np.ascontiguousarray(v) for k, v in self.summary_.to_arrays().items()}
+        return _jsonable(meta), arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> PurchaseTimingModel:
+        """Rebuild a fitted model from :meth:`to_state` output.
+
+        Raises
+        ------
+        TimingStateError
+            On an unknown schema or model, bad parameters, or arrays of the
+            wrong shape or not finite.
+        """
+        if meta.get("schema") != STATE_SCHEMA:
+            raise TimingStateError(f"unknown timing state schema {meta.get('schema')!r}")
+        name = meta.get("model")
+        if name not in MODELS:
+            raise TimingStateError(f"unknown timing model {name!r}")
+        try:
+            obj = cls(
+                candidates=tuple(meta["candidates"]),
+                holdout_days=meta["holdout_days"],
+                unit_days=float(meta["unit_days"]),
+                p_alive_floor=float(meta["p_alive_floor"]),
+                penalizer=float(meta["penalizer"]),
+                selection_metric=meta["selection_metric"],
+                probability_horizon_days=meta["probability_horizon_days"],
+            )
+            obj._check_config()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TimingStateError(f"malformed timing state: {exc}") from exc
+        model = MODELS[name].from_params(meta.get("params", {}))
+        ll = meta.get("log_likelihood")
+        model.log_likelihood_ = float("nan") if ll is None else float(ll)
+        model.converged_ = bool(meta.get("converged", True))
+        model.n_customers_ = int(meta.get("n_customers_fit", 0))
+        summary = PurchaseSummary.from_arrays(arrays, float(meta["as_of_day"]))
+        if summary.n_customers != int(meta.get("n_customers", summary.n_customers)):
+            raise TimingStateError("summary arrays do not match n_customers in the metadata")
+        obj.model_ = model
+        obj.summary_ = summary
+        obj.selection_ = meta.get("selection") or {}
+        return obj
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain Python types only; NaN and infinities become ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj

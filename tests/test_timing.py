@@ -36,7 +36,10 @@ HOLDOUT_END = float((pd.Timestamp("1998-06-30") - EPOCH).days)
 def load_cdnow() -> tuple[np.ndarray, np.ndarray, int]:
     """Customer codes, days since the epoch and number of customers."""
     df = pd.read_csv(
-        DATA, sep=r"\s+", header=None, names=["master", "cid", "date", "cds", "dollars"],
+        DATA,
+        sep=r"\s+",
+        header=None,
+        names=["master", "cid", "date", "cds", "dollars"],
         dtype={"date": str},
     )
     codes, uniques = pd.factorize(df["cid"])
@@ -146,7 +149,8 @@ def test_bgnbd_conditional_expectation_matches_direct_formula(bg):
     t = 39.0
     z = t / (alpha + T + t)
     direct = (
-        (a + b + x - 1) / (a - 1)
+        (a + b + x - 1)
+        / (a - 1)
         * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp2f1(r + x, b + x, a + b + x - 1, z))
         / (1 + (x > 0) * a / (b + x - 1) * ((alpha + T) / (alpha + t_x)) ** (r + x))
     )
@@ -329,10 +333,16 @@ def _pareto_integral_ll(params, x, t_x, T):
     r, alpha, s, beta = params
     pre = gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
     alive = (alpha + T) ** -(r + x) * (beta + T) ** -s
-    died = s * integrate.quad(
-        lambda y: (alpha + y) ** -(r + x) * (beta + y) ** -(s + 1), t_x, T,
-        epsabs=0, epsrel=1e-12,
-    )[0]
+    died = (
+        s
+        * integrate.quad(
+            lambda y: (alpha + y) ** -(r + x) * (beta + y) ** -(s + 1),
+            t_x,
+            T,
+            epsabs=0,
+            epsrel=1e-12,
+        )[0]
+    )
     return pre + np.log(alive + died)
 
 
@@ -353,12 +363,19 @@ def test_pareto_p_purchase_matches_direct_integral(pnbd):
     """The Gauss-Legendre evaluation agrees with adaptive quadrature of
     P(buy within t | alive) = ∫_0^t E[lambda e^{-lambda y}] E[e^{-mu y}] dy."""
     r, alpha, s, beta = (pnbd.params_[k] for k in ("r", "alpha", "s", "beta"))
-    for x, t_x, T, t in [(0, 0.0, 38.0, 13.0), (2, 30.43, 38.86, 39.0), (40, 38.0, 38.5, 2.0),
-                         (1, 0.1, 0.2, 500.0)]:
+    for x, t_x, T, t in [
+        (0, 0.0, 38.0, 13.0),
+        (2, 30.43, 38.86, 39.0),
+        (40, 38.0, 38.5, 2.0),
+        (1, 0.1, 0.2, 500.0),
+    ]:
         k, A, B = r + x, alpha + T, beta + T
         ref = integrate.quad(
             lambda y, k=k, A=A, B=B: k / A * (A / (A + y)) ** (k + 1) * (B / (B + y)) ** s,
-            0, t, epsabs=0, epsrel=1e-10,
+            0,
+            t,
+            epsabs=0,
+            epsrel=1e-10,
         )[0]
         ref *= float(pnbd.p_alive(x, t_x, T))
         assert float(pnbd.p_purchase_within(t, x, t_x, T)) == pytest.approx(ref, rel=1e-5)
@@ -387,3 +404,118 @@ def test_curve_and_median_consistent(cls, cdnow):
     med_floor = m.median_time_to_next(x, t_x, T, p_alive_floor=0.99)
     assert np.all(np.isinf(med_floor[pa < 0.99]))
     assert not np.any(np.isnan(med_floor))
+
+
+# -- PurchaseTimingModel ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wrapper():
+    from recommender.timing import PurchaseTimingModel
+
+    codes, days, n = load_cdnow()
+    return PurchaseTimingModel(holdout_days=91.0).fit(codes, days, CAL_END, n)
+
+
+def test_wrapper_selects_on_holdout_and_refits(wrapper, cdnow):
+    import json
+
+    sel = wrapper.selection_
+    json.dumps(sel)
+    assert sel["chosen"] == wrapper.model_name_
+    assert set(sel["candidates"]) == {"bgnbd", "pareto_nbd", "mbgnbd"}
+    rmse = {k: v["rmse"] for k, v in sel["candidates"].items()}
+    assert sel["chosen"] == min(rmse, key=rmse.get)
+    assert sel["calibration_end_day"] == CAL_END - 91.0
+    assert {"past_rate", "average_rate"} <= set(sel["baselines"])
+    # the chosen model was refitted on all data up to as_of_day
+    m = wrapper.model_
+    assert m.n_customers_ == 2357
+    ref = type(m)().fit(cdnow["x"], cdnow["t_x"], cdnow["T"])
+    for k, v in ref.params_.items():
+        assert m.params_[k] == pytest.approx(v, rel=1e-6)
+    # public API in days: 273 days == 39 weeks
+    pred = wrapper.predict(273.0)
+    np.testing.assert_allclose(
+        pred["expected_purchases"],
+        ref.expected_purchases(39.0, cdnow["x"], cdnow["t_x"], cdnow["T"]),
+    )
+    np.testing.assert_allclose(
+        pred["median_days_to_next"][np.isfinite(pred["median_days_to_next"])],
+        7.0
+        * ref.median_time_to_next(cdnow["x"], cdnow["t_x"], cdnow["T"], 0.1)[
+            np.isfinite(pred["median_days_to_next"])
+        ],
+    )
+    for k in ("p_active", "expected_purchases", "p_purchase", "median_days_to_next"):
+        assert pred[k].shape == (2357,) and not np.any(np.isnan(pred[k]))
+    assert np.all(np.isinf(pred["median_days_to_next"][pred["p_active"] < 0.1]))
+
+
+def test_wrapper_rows_curve_and_later_as_of(wrapper):
+    rows = np.array([0, 5, 17])
+    sub = wrapper.predict(30.0, rows)
+    full = wrapper.predict(30.0)
+    for k in sub:
+        np.testing.assert_array_equal(sub[k], full[k][rows])
+    curve = wrapper.p_purchase_curve(rows, [7.0, 30.0, 90.0])
+    np.testing.assert_allclose(curve[:, 1], sub["p_purchase"], rtol=1e-12)
+    # 100 quiet days later, repeat buyers look less alive
+    later = wrapper.predict(30.0, rows, as_of_day=CAL_END + 100)
+    rep = wrapper.summary_.x[rows] > 0
+    assert np.all(later["p_active"][rep] < sub["p_active"][rep])
+    with pytest.raises(ValueError):
+        wrapper.predict(30.0, rows, as_of_day=CAL_END - 1)
+    with pytest.raises(IndexError):
+        wrapper.predict(30.0, np.array([2357]))
+
+
+def test_wrapper_state_round_trip(wrapper, tmp_path):
+    import json
+
+    from recommender.timing import PurchaseTimingModel, TimingStateError
+
+    meta, arrays = wrapper.to_state()
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    np.savez(tmp_path / "arrays.npz", **arrays)
+    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as z:
+        loaded = {k: z[k] for k in z.files}
+    back = PurchaseTimingModel.from_state(json.loads((tmp_path / "meta.json").read_text()), loaded)
+    assert back.model_name_ == wrapper.model_name_ and back.as_of_day_ == CAL_END
+    a, b = wrapper.predict(60.0), back.predict(60.0)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(
+        wrapper.p_purchase_curve(None, [1.0, 10.0]), back.p_purchase_curve(None, [1.0, 10.0])
+    )
+    with pytest.raises(TimingStateError):
+        PurchaseTimingModel.from_state({**meta, "schema": "other/9"}, loaded)
+    with pytest.raises(TimingStateError):
+        PurchaseTimingModel.from_state({**meta, "params": {"r": -1.0}}, loaded)
+    with pytest.raises(TimingStateError):
+        PurchaseTimingModel.from_state(meta, {**loaded, "T": loaded["T"][:-1]})
+    bad = loaded["t_x"].copy()
+    bad[3] = np.nan
+    with pytest.raises(TimingStateError):
+        PurchaseTimingModel.from_state(meta, {**loaded, "t_x": bad})
+
+
+def test_wrapper_without_holdout_and_failures():
+    from recommender.timing import PurchaseTimingModel
+
+    codes, days, n = load_cdnow()
+    with pytest.raises(NotFittedError):
+        PurchaseTimingModel().predict(10.0)
+    m = PurchaseTimingModel(candidates=("bgnbd", "mbgnbd")).fit(codes, days, CAL_END, n)
+    ll = {k: v["log_likelihood"] for k, v in m.selection_["candidates"].items()}
+    assert m.model_name_ == max(ll, key=ll.get)
+    # customers without history get finite prior predictions, flagged
+    m2 = PurchaseTimingModel(candidates=("bgnbd",)).fit(codes, days, CAL_END, n + 2)
+    pred = m2.predict(30.0)
+    assert not pred["has_history"][-2:].any() and pred["has_history"][:-2].all()
+    assert np.all(np.isfinite(pred["expected_purchases"]))
+    # one purchase per customer: nothing to learn, a named error
+    with pytest.raises(TimingFitError):
+        PurchaseTimingModel().fit(np.arange(20), np.linspace(0, 50, 20), 60.0)
+    with pytest.raises(ValueError):
+        PurchaseTimingModel(candidates=("weibull",)).fit(codes, days, CAL_END, n)

@@ -1,0 +1,538 @@
+"""Item-level "buy it again": personal repurchase cycles and when an item is due.
+
+Model (after Bhagat et al. 2018, "Buy It Again", RecSys). For a customer ``c``
+and a repurchase item ``i``, the gaps between purchase days are
+``Gamma(k_i, rate lambda_ci)``: ``k_i`` is the item's regularity (shared by its
+customers) and ``lambda_ci`` the customer's own repurchase rate, with a
+``Gamma(alpha_i, beta_i)`` prior across the item's customers fitted by
+empirical Bayes (or set from ``prior_strength``). With ``m`` observed gaps of
+total length ``S`` the posterior is conjugate, ``Gamma(alpha_i + m k_i,
+beta_i + S)``, so a customer with few repeats is shrunk toward the item's
+typical cycle and one with many follows their own.
+
+Why a Gamma gap and not a Poisson rate: under a Poisson (exponential gap)
+model the chance of a purchase in the next N days does not depend on the time
+since the last purchase, so an item bought yesterday would rank level with
+one that is due. With ``k_i > 1`` the hazard rises as the gap grows, and with
+the rate integrated out (a beta-prime predictive gap) it falls again for
+customers long overdue, who have probably stopped buying the item:
+
+``P(rebuy within N | e days since last) = (F(e + N) - F(e)) / (1 - F(e))``,
+``F(g) = I_{g / (g + b')}(k, a')`` (regularised incomplete beta),
+with ``a' = alpha_i + m k_i`` and ``b' = beta_i + S``.
+
+The regularity ``k_i`` is estimated from customers with at least two gaps by
+maximum likelihood with every customer's rate profiled out (the statistic
+``log mean(g) - mean(log g)`` does not depend on the rate), falling back to
+the value pooled over all items when an item has too few such customers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import optimize
+from scipy.special import betaincc, digamma, gammaln
+
+__all__ = ["NotFittedError", "RepurchaseModel", "RepurchaseStateError"]
+
+STATE_SCHEMA = "encore.repurchase/1"
+_K_BOUNDS = (0.5, 30.0)
+
+
+class NotFittedError(RuntimeError):
+    """A method that needs learned state was called before ``fit``."""
+
+
+class RepurchaseStateError(ValueError):
+    """A saved repurchase model state is malformed or from an unknown schema."""
+
+
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+
+
+def _fit_shape(stat_sum: float, m: np.ndarray) -> float:
+    """MLE of the Gamma shape with each group's rate profiled out.
+
+    Solves ``sum_g m_g (psi(m_g k) - log m_g - psi(k)) = stat_sum`` where
+    ``stat_sum = sum_g m_g (log mean_g - mean_g log)`` over groups of ``m_g >= 2``
+    gaps (the left side is its expectation, decreasing in ``k``).
+    """
+    m = m.astype(np.float64)
+
+    def f(k: float) -> float:
+        return float(np.sum(m * (digamma(m * k) - np.log(m) - digamma(k)))) - stat_sum
+
+    lo, hi = _K_BOUNDS
+    if f(lo) <= 0:
+        return lo
+    if f(hi) >= 0:
+        return hi
+    return float(optimize.brentq(f, lo, hi, xtol=1e-6))
+
+
+class RepurchaseModel:
+    """Personal repurchase cycles per (customer, item) with an item-level prior.
+
+    Parameters
+    ----------
+    min_item_repeat_customers : int
+        An item is a repurchase item when at least this many customers bought
+        it on two or more distinct days.
+    prior_strength : float, optional
+        ``None``: fit each item's prior by empirical Bayes. A number ``w``: the
+        prior is worth ``w`` pseudo-gaps of the item's pooled mean gap
+        (``alpha_i = w k_i``, ``beta_i = w * mean gap``).
+    min_customer_purchases : int
+        Pairs with fewer distinct purchase days are not scored; 2 (default)
+        keeps items the customer has already rebought; 1 also offers
+        repurchase items bought once, on the item's prior cycle.
+    shrink_to_global : float
+        Weight of a weak Normal penalty (in log-parameters) pulling each item's
+        empirical-Bayes prior toward the prior pooled over all items, so items
+        with a handful of repeat customers get a stable prior.
+    """
+
+    def __init__(
+        self,
+        min_item_repeat_customers: int = 3,
+        prior_strength: float | None = None,
+        min_customer_purchases: int = 2,
+        shrink_to_global: float = 1.0,
+    ) -> None:
+        self.min_item_repeat_customers = min_item_repeat_customers
+        self.prior_strength = prior_strength
+        self.min_customer_purchases = min_customer_purchases
+        self.shrink_to_global = shrink_to_global
+
+    indptr_: np.ndarray | None = None
+
+    # -- fitting -------------------------------------------------------------
+    def fit(
+        self,
+        customer_codes: np.ndarray,
+        item_codes: np.ndarray,
+        days: np.ndarray,
+        as_of_day: float,
+        n_customers: int | None = None,
+        n_items: int | None = None,
+    ) -> RepurchaseModel:
+        """Learn item priors and every customer's cycles from a purchase log.
+
+        Parameters
+        ----------
+        customer_codes, item_codes : np.ndarray
+            Integer codes per purchase event.
+        days : np.ndarray
+            Purchase time in days; purchases of an item on the same
+            ``floor(day)`` are one purchase. Events after ``as_of_day`` are ignored.
+        as_of_day : float
+            End of the training data (inclusive).
+        n_customers, n_items : int, optional
+            Code ranges (default ``max + 1``).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            On malformed input or hyperparameters.
+        """
+        if self.min_item_repeat_customers < 1 or self.min_customer_purchases not in (1, 2):
+            raise ValueError("min_item_repeat_customers >= 1 and min_customer_purchases in {1, 2}")
+        if self.prior_strength is not None and not self.prior_strength > 0:
+            raise ValueError("prior_strength must be positive or None")
+        c = np.asarray(customer_codes)
+        i = np.asarray(item_codes)
+        d = np.asarray(days, dtype=np.float64)
+        if not (c.shape == i.shape == d.shape) or c.ndim != 1:
+            raise ValueError("customer_codes, item_codes and days must be 1-D of equal length")
+        if c.size and not (
+            np.issubdtype(c.dtype, np.integer) and np.issubdtype(i.dtype, np.integer)
+        ):
+            raise ValueError("customer and item codes must be integers")
+        if not np.all(np.isfinite(d)) or not math.isfinite(float(as_of_day)):
+            raise ValueError("days and as_of_day must be finite")
+        c, i = c.astype(np.int64), i.astype(np.int64)
+        n_customers = int(c.max()) + 1 if n_customers is None and c.size else int(n_customers or 0)
+        n_items = int(i.max()) + 1 if n_items is None and i.size else int(n_items or 0)
+        if c.size and (c.min() < 0 or c.max() >= n_customers or i.min() < 0 or i.max() >= n_items):
+            raise ValueError("codes out of range")
+        keep = d <= float(as_of_day)
+        c, i, whole = c[keep], i[keep], np.floor(d[keep]).astype(np.int64)
+
+        # Distinct (customer, item, day), sorted by customer, item, day.
+        order = np.lexsort((whole, i, c))
+        c, i, whole = c[order], i[order], whole[order]
+        if c.size:
+            new = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1]) | (whole[1:] != whole[:-1])]
+            c, i, whole = c[new], i[new], whole[new]
+        pair_key = c * max(n_items, 1) + i
+        starts = _group_starts(pair_key) if c.size else np.zeros(0, dtype=np.int64)
+        ends = np.r_[starts[1:], c.size]
+        p_cust, p_item = c[starts], i[starts]
+        p_n = (ends - starts).astype(np.int64)
+        p_first = whole[starts].astype(np.float64)
+        p_last = whole[ends - 1].astype(np.float64) if c.size else np.zeros(0)
+        p_m = p_n - 1  # gaps
+        p_S = p_last - p_first  # total length of the gaps
+
+        # Per-gap log statistic for the shape estimate.
+        gaps = np.diff(whole).astype(np.float64)
+        same = np.diff(pair_key) == 0 if c.size else np.zeros(0, dtype=bool)
+        gap_pair = np.cumsum(np.r_[True, ~same])[:-1][same] - 1 if c.size else np.zeros(0, int)
+        n_pairs = p_n.size
+        sum_log_gap = np.bincount(gap_pair, weights=np.log(gaps[same]), minlength=n_pairs)
+
+        rep_cust = np.bincount(p_item[p_m >= 1], minlength=n_items)
+        is_rep = rep_cust >= self.min_item_repeat_customers
+
+        # Item regularity k_i: pairs with >= 2 gaps.
+        multi = p_m >= 2
+        stat = np.zeros(n_pairs)
+        stat[multi] = p_m[multi] * (
+            np.log(p_S[multi] / p_m[multi]) - sum_log_gap[multi] / p_m[multi]
+        )
+        use = multi & is_rep[p_item]
+        k_global = _fit_shape(float(stat[use].sum()), p_m[use]) if use.any() else 1.0
+        k_item = np.full(n_items, k_global)
+        n_multi = np.bincount(p_item[use], minlength=n_items)
+        for it in np.flatnonzero(n_multi >= max(self.min_item_repeat_customers, 5)):
+            sel = use & (p_item == it)
+            k_item[it] = _fit_shape(float(stat[sel].sum()), p_m[sel])
+
+        # Item prior on the rate, Gamma(alpha_i, beta_i).
+        rep_pairs = (p_m >= 1) & is_rep[p_item]
+        tot_S = np.bincount(p_item[rep_pairs], weights=p_S[rep_pairs], minlength=n_items)
+        tot_m = np.bincount(p_item[rep_pairs], weights=p_m[rep_pairs], minlength=n_items)
+        mean_gap = np.where(tot_m > 0, tot_S / np.maximum(tot_m, 1), np.nan)
+        glob_gap = float(tot_S.sum() / tot_m.sum()) if tot_m.sum() > 0 else 30.0
+        mean_gap = np.where(np.isfinite(mean_gap), mean_gap, glob_gap)
+        if self.prior_strength is not None:
+            alpha = self.prior_strength * k_item
+            beta = self.prior_strength * mean_gap
+        else:
+            alpha, beta = self._empirical_bayes(
+                p_item[rep_pairs],
+                p_m[rep_pairs].astype(np.float64),
+                p_S[rep_pairs],
+                k_item,
+                n_items,
+                is_rep,
+            )
+        alpha = np.where(is_rep, alpha, 1.0)
+        beta = np.where(is_rep, beta, k_item * glob_gap)
+
+        keep_pair = is_rep[p_item] & (p_n >= self.min_customer_purchases)
+        p_cust, p_item, p_n, p_last = (
+            p_cust[keep_pair],
+            p_item[keep_pair],
+            p_n[keep_pair],
+            p_last[keep_pair],
+        )
+        p_m, p_S = p_m[keep_pair], p_S[keep_pair]
+        post_a = alpha[p_item] + p_m * k_item[p_item]
+        post_b = beta[p_item] + p_S
+
+        self.n_customers_ = n_customers
+        self.n_items_ = n_items
+        self.as_of_day_ = float(as_of_day)
+        self.indptr_ = np.r_[0, np.cumsum(np.bincount(p_cust, minlength=n_customers))].astype(
+            np.int64
+        )
+        self.pair_customer_ = p_cust.astype(np.int64)
+        self.pair_item_ = p_item.astype(np.int64)
+        self.pair_n_ = p_n.astype(np.int64)
+        self.pair_last_day_ = p_last.astype(np.float64)
+        self.pair_post_shape_ = post_a.astype(np.float64)
+        self.pair_post_rate_ = post_b.astype(np.float64)
+        self.item_shape_k_ = k_item.astype(np.float64)
+        self.item_prior_alpha_ = alpha.astype(np.float64)
+        self.item_prior_beta_ = beta.astype(np.float64)
+        self.item_repeat_customers_ = rep_cust.astype(np.int64)
+        self.is_repurchase_item_ = is_rep
+        # the gap at the prior mean rate; for customers, at the posterior mean
+        self.item_cycle_days_ = np.where(is_rep, k_item * beta / alpha, np.inf)
+        self._check_state()
+        return self
+
+    def _empirical_bayes(
+        self,
+        item: np.ndarray,
+        m: np.ndarray,
+        S: np.ndarray,
+        k_item: np.ndarray,
+        n_items: int,
+        is_rep: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Maximise every item's marginal likelihood at once (separable L-BFGS)."""
+        mk = m * k_item[item]
+
+        def marginal(
+            la: np.ndarray, lb: np.ndarray, idx: np.ndarray, n: int
+        ) -> tuple[float, np.ndarray, np.ndarray]:
+            a, b = np.exp(la)[idx], np.exp(lb)[idx]
+            ll = gammaln(a + mk) - gammaln(a) + a * np.log(b) - (a + mk) * np.log(b + S)
+            ga = (digamma(a + mk) - digamma(a) + np.log(b) - np.log(b + S)) * a
+            gb = (a / b - (a + mk) / (b + S)) * b
+            return (
+                float(ll.sum()),
+                np.bincount(idx, weights=ga, minlength=n),
+                np.bincount(idx, weights=gb, minlength=n),
+            )
+
+        zero = np.zeros(item.size, dtype=np.int64)
+
+        def glob(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            f, ga, gb = marginal(theta[:1], theta[1:], zero, 1)
+            return -f, -np.r_[ga, gb]
+
+        mean_gap = float(S.sum() / m.sum()) if m.sum() > 0 else 30.0
+        k0 = float(np.median(k_item[is_rep])) if is_rep.any() else 1.0
+        th0 = np.log([2.0, 2.0 * mean_gap / k0])
+        res = optimize.minimize(glob, th0, jac=True, method="L-BFGS-B", bounds=[(-10, 15)] * 2)
+        ga0, gb0 = res.x
+        if item.size == 0:
+            return np.full(n_items, math.exp(ga0)), np.full(n_items, math.exp(gb0))
+        w = float(self.shrink_to_global)
+        # penalise log(alpha) and log(beta/alpha) (the log prior mean gap scale)
+        ref_a, ref_ratio = ga0, gb0 - ga0
+
+        def items(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            la, lb = theta[:n_items], theta[n_items:]
+            f, ga, gb = marginal(la, lb, item, n_items)
+            da, dr = la - ref_a, (lb - la) - ref_ratio
+            f -= 0.5 * w * float(np.sum(da**2 + dr**2))
+            ga = ga - w * (da - dr)
+            gb = gb - w * dr
+            return -f, -np.r_[ga, gb]
+
+        th = np.r_[np.full(n_items, ga0), np.full(n_items, gb0)]
+        res = optimize.minimize(
+            items,
+            th,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(-10, 15)] * (2 * n_items),
+            options={"maxiter": 500},
+        )
+        return np.exp(res.x[:n_items]), np.exp(res.x[n_items:])
+
+    # -- state ----------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.indptr_ is None:
+            raise NotFittedError("RepurchaseModel is not fitted; call fit() first")
+
+    _ARRAYS = (
+        "indptr_",
+        "pair_customer_",
+        "pair_item_",
+        "pair_n_",
+        "pair_last_day_",
+        "pair_post_shape_",
+        "pair_post_rate_",
+        "item_shape_k_",
+        "item_prior_alpha_",
+        "item_prior_beta_",
+        "item_repeat_customers_",
+        "is_repurchase_item_",
+        "item_cycle_days_",
+    )
+
+    def _check_state(self) -> None:
+        n_c, n_i = self.n_customers_, self.n_items_
+        ip = self.indptr_
+        assert ip is not None
+        n_p = self.pair_item_.size
+        if ip.shape != (n_c + 1,) or ip[0] != 0 or ip[-1] != n_p or np.any(np.diff(ip) < 0):
+            raise RepurchaseStateError("indptr does not match the pairs")
+        for name in (
+            "pair_customer_",
+            "pair_n_",
+            "pair_last_day_",
+            "pair_post_shape_",
+            "pair_post_rate_",
+        ):
+            if getattr(self, name).shape != (n_p,):
+                raise RepurchaseStateError(f"{name} has the wrong shape")
+        for name in (
+            "item_shape_k_",
+            "item_prior_alpha_",
+            "item_prior_beta_",
+            "item_repeat_customers_",
+            "is_repurchase_item_",
+            "item_cycle_days_",
+        ):
+            if getattr(self, name).shape != (n_i,):
+                raise RepurchaseStateError(f"{name} has the wrong shape")
+        if n_p and (self.pair_item_.min() < 0 or self.pair_item_.max() >= n_i):
+            raise RepurchaseStateError("pair item codes out of range")
+        if not np.array_equal(self.pair_customer_, np.repeat(np.arange(n_c), np.diff(ip))):
+            raise RepurchaseStateError("pairs are not sorted by customer")
+        for name in (
+            "pair_last_day_",
+            "pair_post_shape_",
+            "pair_post_rate_",
+            "item_shape_k_",
+            "item_prior_alpha_",
+            "item_prior_beta_",
+        ):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise RepurchaseStateError(f"{name} is not finite")
+        if np.any(self.pair_post_shape_ <= 0) or np.any(self.pair_post_rate_ <= 0):
+            raise RepurchaseStateError("posterior parameters must be positive")
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-serialisable metadata and the arrays (load with ``allow_pickle=False``)."""
+        self._check_fitted()
+        meta = {
+            "schema": STATE_SCHEMA,
+            "min_item_repeat_customers": int(self.min_item_repeat_customers),
+            "prior_strength": None if self.prior_strength is None else float(self.prior_strength),
+            "min_customer_purchases": int(self.min_customer_purchases),
+            "shrink_to_global": float(self.shrink_to_global),
+            "as_of_day": self.as_of_day_,
+            "n_customers": int(self.n_customers_),
+            "n_items": int(self.n_items_),
+            "n_pairs": int(self.pair_item_.size),
+            "n_repurchase_items": int(self.is_repurchase_item_.sum()),
+        }
+        arrays = {
+            name.rstrip("_"): np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS
+        }
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> RepurchaseModel:
+        """Rebuild from :meth:`to_state` output; raises :class:`RepurchaseStateError`."""
+        if meta.get("schema") != STATE_SCHEMA:
+            raise RepurchaseStateError(f"unknown repurchase state schema {meta.get('schema')!r}")
+        try:
+            obj = cls(
+                min_item_repeat_customers=int(meta["min_item_repeat_customers"]),
+                prior_strength=meta["prior_strength"],
+                min_customer_purchases=int(meta["min_customer_purchases"]),
+                shrink_to_global=float(meta["shrink_to_global"]),
+            )
+            obj.n_customers_ = int(meta["n_customers"])
+            obj.n_items_ = int(meta["n_items"])
+            obj.as_of_day_ = float(meta["as_of_day"])
+            for name in cls._ARRAYS:
+                setattr(obj, name, np.asarray(arrays[name.rstrip("_")]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RepurchaseStateError(f"malformed repurchase state: {exc}") from exc
+        obj.is_repurchase_item_ = obj.is_repurchase_item_.astype(bool)
+        obj._check_state()
+        return obj
+
+    # -- prediction -------------------------------------------------------------
+    def _prob(
+        self, pairs: np.ndarray, within_days: float, at_day: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P(rebuy within ``within_days``), cycle days and days since last, per pair."""
+        k = self.item_shape_k_[self.pair_item_[pairs]]
+        a = self.pair_post_shape_[pairs]
+        b = self.pair_post_rate_[pairs]
+        e = np.maximum(at_day - self.pair_last_day_[pairs], 0.0)
+        s_now = betaincc(k, a, e / (e + b))
+        s_then = betaincc(k, a, (e + within_days) / (e + within_days + b))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = (s_now - s_then) / s_now
+        # far in the tail both survivals underflow: use the power-law tail of
+        # the beta-prime predictive, 1 - ((e + b) / (e + N + b))**a
+        tail = ~(s_now > 1e-280)
+        p[tail] = -np.expm1(-a[tail] * np.log1p(within_days / (e[tail] + b[tail])))
+        p = np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0)
+        cycle = k * b / a  # the gap at the posterior mean rate
+        return p, cycle, e
+
+    def _at(self, as_of_day: float | None) -> float:
+        if as_of_day is None:
+            return self.as_of_day_
+        if not float(as_of_day) >= self.as_of_day_:
+            raise ValueError("as_of_day must not be before the model's as-of day")
+        return float(as_of_day)
+
+    def buy_again(
+        self,
+        customer_row: int,
+        within_days: float,
+        k: int = 10,
+        *,
+        as_of_day: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Top-``k`` items the customer is most likely to rebuy within ``within_days``.
+
+        Cost is O(items of this customer) through ``indptr_``.
+
+        Returns
+        -------
+        list of dict
+            ``item_row``, ``probability``, ``cycle_days``, ``days_since_last``,
+            ``n_purchases`` and ``reason`` (plain words), best first. Empty for
+            customers with no repurchase history.
+        """
+        self._check_fitted()
+        assert self.indptr_ is not None
+        if not 0 <= int(customer_row) < self.n_customers_:
+            raise IndexError(f"customer_row must be in [0, {self.n_customers_})")
+        if not within_days > 0:
+            raise ValueError("within_days must be positive")
+        lo, hi = self.indptr_[customer_row], self.indptr_[customer_row + 1]
+        pairs = np.arange(lo, hi)
+        if pairs.size == 0:
+            return []
+        p, cycle, e = self._prob(pairs, float(within_days), self._at(as_of_day))
+        top = np.argsort(-p, kind="stable")[: int(k)]
+        out = []
+        for j in top:
+            n = int(self.pair_n_[pairs[j]])
+            c_days, since = float(cycle[j]), float(e[j])
+            if n >= 2:
+                reason = f"you buy this about every {_days(c_days)}; last bought {_days(since)} ago"
+            else:
+                reason = (
+                    f"customers rebuy this about every {_days(c_days)}; "
+                    f"you bought it {_days(since)} ago"
+                )
+            out.append(
+                {
+                    "item_row": int(self.pair_item_[pairs[j]]),
+                    "probability": float(p[j]),
+                    "cycle_days": c_days,
+                    "days_since_last": since,
+                    "n_purchases": n,
+                    "reason": reason,
+                }
+            )
+        return out
+
+    def score_customers(
+        self, rows: np.ndarray, within_days: float, *, as_of_day: float | None = None
+    ) -> sp.csr_matrix:
+        """Probabilities as a ``len(rows) x n_items`` CSR matrix (zeros elsewhere)."""
+        self._check_fitted()
+        assert self.indptr_ is not None
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_customers_):
+            raise IndexError(f"rows must be in [0, {self.n_customers_})")
+        starts, stops = self.indptr_[rows], self.indptr_[rows + 1]
+        counts = stops - starts
+        indptr = np.r_[0, np.cumsum(counts)]
+        pairs = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+        p, _, _ = self._prob(pairs, float(within_days), self._at(as_of_day))
+        return sp.csr_matrix(
+            (p.astype(np.float64), self.pair_item_[pairs], indptr),
+            shape=(rows.size, self.n_items_),
+        )
+
+
+def _days(v: float) -> str:
+    n = int(round(v))
+    return "1 day" if n == 1 else f"{n} days"

@@ -1,0 +1,185 @@
+"""Buy-it-again: personal repurchase cycles on a generated shop with known cycles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recommender.repurchase import NotFittedError, RepurchaseModel, RepurchaseStateError
+
+AS_OF = 365.0
+WINDOW = 7.0
+
+
+def make_shop(seed: int = 0, n_customers: int = 300):
+    """A shop where customers rebuy consumables on personal cycles with noise.
+
+    Items 0..59 are consumables with item cycles from 7 to 90 days; each
+    customer buys 20 of them, each on a personal cycle (item cycle times a
+    log-normal factor) with Gamma(shape 6) noise on every gap, from a random
+    phase. Items 60..99 are one-off purchases (each customer buys a few once).
+    Returns the log up to 365 + WINDOW days and the true personal cycles.
+    """
+    rng = np.random.default_rng(seed)
+    n_cons, n_items = 60, 100
+    item_cycle = np.exp(rng.uniform(np.log(7), np.log(90), n_cons))
+    cust, item, day = [], [], []
+    truth = {}
+    for c in range(n_customers):
+        for i in rng.choice(n_cons, size=20, replace=False):
+            cyc = item_cycle[i] * np.exp(rng.normal(0, 0.3))
+            truth[(c, int(i))] = cyc
+            t = rng.uniform(0, cyc)
+            while t < AS_OF + WINDOW:
+                cust.append(c)
+                item.append(i)
+                day.append(t)
+                t += rng.gamma(6.0, cyc / 6.0)
+        for i in rng.choice(np.arange(n_cons, n_items), size=3, replace=False):
+            cust.append(c)
+            item.append(i)
+            day.append(rng.uniform(0, AS_OF))
+    return (np.array(cust), np.array(item), np.array(day), n_customers, n_items, item_cycle, truth)
+
+
+@pytest.fixture(scope="module")
+def shop():
+    return make_shop()
+
+
+@pytest.fixture(scope="module")
+def model(shop):
+    cust, item, day, n_c, n_i, _, _ = shop
+    return RepurchaseModel().fit(cust, item, day, AS_OF, n_c, n_i)
+
+
+def test_repurchase_items_and_cycles(shop, model):
+    cust, item, day, n_c, n_i, item_cycle, truth = shop
+    assert model.is_repurchase_item_[:60].all() and not model.is_repurchase_item_[60:].any()
+    assert np.all(np.isinf(model.item_cycle_days_[60:]))
+    # the item's typical cycle: within 20% of the generating cycle for 90% of items
+    rel = np.abs(model.item_cycle_days_[:60] / item_cycle - 1)
+    assert np.mean(rel < 0.2) >= 0.9, np.sort(rel)[-10:]
+    # personal cycles of customers with >= 5 purchases: within 20% for 90% of pairs
+    errs = []
+    for c in range(0, n_c, 3):
+        lo, hi = model.indptr_[c], model.indptr_[c + 1]
+        for j in range(lo, hi):
+            if model.pair_n_[j] >= 5:
+                it = int(model.pair_item_[j])
+                cyc = model.item_shape_k_[it] * model.pair_post_rate_[j] / model.pair_post_shape_[j]
+                errs.append(abs(cyc / truth[(c, it)] - 1))
+    assert len(errs) > 500
+    assert np.mean(np.array(errs) < 0.2) >= 0.9
+    # regularity: the gaps were Gamma(shape 6)
+    assert np.median(model.item_shape_k_[:60]) == pytest.approx(6.0, rel=0.3)
+
+
+def _recall_ndcg(ranked: list[int], relevant: set[int], k: int = 10) -> tuple[float, float]:
+    hits = [1.0 if r in relevant else 0.0 for r in ranked[:k]]
+    dcg = sum(h / np.log2(n + 2) for n, h in enumerate(hits))
+    idcg = sum(1 / np.log2(n + 2) for n in range(min(k, len(relevant))))
+    return sum(hits) / min(k, len(relevant)), dcg / idcg
+
+
+def test_buy_again_beats_personal_frequency(shop, model):
+    cust, item, day, n_c, n_i, _, _ = shop
+    past = day <= AS_OF
+    future = (day > AS_OF) & (day <= AS_OF + WINDOW)
+    ours, base = [], []
+    for c in range(n_c):
+        bought_before = set(item[past & (cust == c)].tolist())
+        relevant = set(item[future & (cust == c)].tolist()) & bought_before
+        if not relevant:
+            continue
+        ranked = [r["item_row"] for r in model.buy_again(c, WINDOW, k=10)]
+        its, counts = np.unique(item[past & (cust == c)], return_counts=True)
+        freq = its[np.argsort(-counts, kind="stable")].tolist()
+        ours.append(_recall_ndcg(ranked, relevant))
+        base.append(_recall_ndcg(freq, relevant))
+    ours_m, base_m = np.mean(ours, axis=0), np.mean(base, axis=0)
+    print(
+        f"buy-again recall@10 {ours_m[0]:.3f} nDCG@10 {ours_m[1]:.3f}; "
+        f"frequency recall@10 {base_m[0]:.3f} nDCG@10 {base_m[1]:.3f}; {len(ours)} customers"
+    )
+    assert len(ours) > 250
+    assert ours_m[0] > base_m[0] + 0.05 and ours_m[1] > base_m[1] + 0.05
+
+
+def test_due_items_rank_above_just_bought():
+    # one customer, two items with the same 30-day cycle; item 0 last bought 28
+    # days ago (due), item 1 two days ago. Other customers make both repurchase items.
+    cust, item, day = [], [], []
+    for c in range(5):
+        for it, last in ((0, 100.0 - 28), (1, 100.0 - 2)):
+            for j in range(4):
+                cust.append(c)
+                item.append(it)
+                day.append(last - 30.0 * j)
+    m = RepurchaseModel().fit(np.array(cust), np.array(item), np.array(day), 100.0, 5, 2)
+    recs = m.buy_again(0, within_days=7.0)
+    assert [r["item_row"] for r in recs] == [0, 1]
+    assert recs[0]["probability"] > 0.5 > 0.05 > recs[1]["probability"]
+    assert recs[0]["cycle_days"] == pytest.approx(30.0, rel=0.05)
+    assert recs[0]["days_since_last"] == 28.0
+    assert recs[0]["reason"] == "you buy this about every 30 days; last bought 28 days ago"
+    # 30 days later item 1 has become due as well
+    later = {r["item_row"]: r for r in m.buy_again(0, within_days=7.0, as_of_day=130.0)}
+    assert later[1]["probability"] > 0.5 and later[1]["days_since_last"] == 32.0
+
+
+def test_score_customers_matches_buy_again(model):
+    rows = np.array([3, 0, 3, 299])
+    mat = model.score_customers(rows, WINDOW)
+    assert mat.shape == (4, model.n_items_)
+    for r, c in enumerate(rows):
+        recs = model.buy_again(int(c), WINDOW, k=1000)
+        dense = mat[r].toarray().ravel()
+        assert len(recs) == mat[r].nnz
+        for rec in recs:
+            assert dense[rec["item_row"]] == pytest.approx(rec["probability"])
+    assert np.all((mat.data >= 0) & (mat.data <= 1))
+
+
+def test_state_round_trip(model, tmp_path):
+    meta, arrays = model.to_state()
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    np.savez(tmp_path / "a.npz", **arrays)
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        loaded = {k: z[k] for k in z.files}
+    back = RepurchaseModel.from_state(json.loads((tmp_path / "m.json").read_text()), loaded)
+    for c in (0, 7, 150):
+        assert back.buy_again(c, 14.0) == model.buy_again(c, 14.0)
+    with pytest.raises(RepurchaseStateError):
+        RepurchaseModel.from_state({**meta, "schema": "x"}, loaded)
+    with pytest.raises(RepurchaseStateError):
+        RepurchaseModel.from_state(meta, {**loaded, "indptr": loaded["indptr"][:-1]})
+    bad = loaded["pair_post_rate"].copy()
+    bad[0] = np.nan
+    with pytest.raises(RepurchaseStateError):
+        RepurchaseModel.from_state(meta, {**loaded, "pair_post_rate": bad})
+
+
+def test_edge_cases():
+    with pytest.raises(NotFittedError):
+        RepurchaseModel().buy_again(0, 7.0)
+    # nobody rebuys anything: no repurchase items, empty lists, no NaN
+    m = RepurchaseModel().fit(np.arange(10), np.arange(10) % 3, np.arange(10.0), 20.0, 12, 3)
+    assert not m.is_repurchase_item_.any() and m.buy_again(11, 7.0) == []
+    assert m.score_customers(np.arange(12), 7.0).nnz == 0
+    # fixed prior strength; first-time buyers of repurchase items get the item prior
+    m1 = RepurchaseModel(prior_strength=2.0, min_customer_purchases=1).fit(
+        np.array([0, 0, 1, 1, 2, 2, 3]),
+        np.zeros(7, dtype=int),
+        np.array([0.0, 10, 0, 10, 0, 10, 15]),
+        20.0,
+    )
+    rec = m1.buy_again(3, 7.0)
+    assert (
+        rec
+        and rec[0]["cycle_days"] == pytest.approx(10.0)
+        and "customers rebuy" in rec[0]["reason"]
+    )
+    assert np.isfinite(rec[0]["probability"])

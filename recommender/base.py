@@ -53,15 +53,19 @@ class Recommender(ABC):
         k: int = 10,
         *,
         exclude_seen: bool = False,
-        batch_size: int = 2048,
+        batch_size: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item rows and scores for each customer row.
 
         Returns two arrays of shape ``(len(user_rows), k)``: item rows (int32,
         ``-1`` where fewer than ``k`` items are eligible) and scores (float32).
+        Customers are scored in blocks of ``batch_size`` (default: as many as
+        keep one block of scores near 16 million entries).
         """
         user_rows = np.asarray(user_rows, dtype=np.int64)
         k = int(min(k, self.n_items))
+        if batch_size is None:
+            batch_size = int(np.clip(16_000_000 // max(self.n_items, 1), 16, 4096))
         out_items = np.full((len(user_rows), k), -1, dtype=np.int32)
         out_scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
         for start, block in iter_blocks(user_rows, batch_size):
@@ -88,18 +92,49 @@ def mask_seen(scores: np.ndarray, user_items: sp.csr_matrix, rows: np.ndarray) -
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-``k`` (sorted, best first); ``-inf`` entries come back as ``-1``."""
+    """Row-wise top-``k``, best first, ties broken by the lower item row.
+
+    ``-inf`` entries (masked items) come back as item ``-1``.
+
+    A full ``argpartition`` of every row costs about 2 ms per customer over
+    50,000 items; instead each row gets a threshold that at least ``k`` of its
+    scores reach (the ``k``-th largest of its 64-column block maxima), so only
+    a few dozen candidates per row are sorted. Rows with many ties above the
+    threshold fall back to an exact partition.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
     n_rows, n_cols = scores.shape
     k = min(k, n_cols)
-    if k <= 0:
-        return np.empty((n_rows, 0), np.int32), np.empty((n_rows, 0), np.float32)
-    if k < n_cols:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    if k <= 0 or n_rows == 0:
+        return np.full((n_rows, max(k, 0)), -1, np.int32), np.full(
+            (n_rows, max(k, 0)), -np.inf, np.float32
+        )
+    block = 64
+    n_blocks = n_cols // block
+    if n_blocks >= 2 * k:
+        maxima = scores[:, : n_blocks * block].reshape(n_rows, n_blocks, block).max(axis=2)
+        if n_blocks * block < n_cols:
+            tail = scores[:, n_blocks * block :].max(axis=1, keepdims=True)
+            maxima = np.concatenate([maxima, tail], axis=1)
+        thresh = np.partition(maxima, maxima.shape[1] - k, axis=1)[:, maxima.shape[1] - k]
     else:
-        part = np.tile(np.arange(n_cols), (n_rows, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    items = np.take_along_axis(part, order, axis=1).astype(np.int32)
-    top = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+        thresh = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
+    mask = scores >= thresh[:, None]
+    counts = mask.sum(axis=1)
+    crowded = np.flatnonzero(counts > 8 * k + 64)
+    if crowded.size and n_blocks >= 2 * k:
+        exact = np.partition(scores[crowded], n_cols - k, axis=1)[:, n_cols - k]
+        mask[crowded] = scores[crowded] >= exact[:, None]
+    rows, cols = np.nonzero(mask)
+    vals = scores[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < k
+    items = np.full((n_rows, k), -1, dtype=np.int32)
+    top = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    items[rows[keep], rank[keep]] = cols[keep]
+    top[rows[keep], rank[keep]] = vals[keep]
     items[~np.isfinite(top)] = -1
     return items, top

@@ -70,28 +70,28 @@ class ItemKNNRecommender(Recommender):
     """Item-based nearest neighbours: cosine similarity of item purchase vectors.
 
     A customer's score for an item is the sum of its similarities to the items
-    in their history, keeping each item's ``k`` nearest neighbours.
+    in their history, keeping each item's ``k`` nearest neighbours. The
+    neighbour search is ``implicit``'s (C++, memory bounded by ``k`` per item),
+    so it scales to large catalogs where a full item x item product would not.
     """
 
     name = "item_knn"
 
-    def __init__(self, k: int = 100, shrinkage: float = 10.0) -> None:
+    def __init__(self, k: int = 100) -> None:
         self.k = k
-        self.shrinkage = shrinkage
         self.similarity_: sp.csr_matrix | None = None
 
     def fit(self, user_items: sp.csr_matrix) -> ItemKNNRecommender:
-        x = sp.csc_matrix(user_items, dtype=np.float32)
+        from implicit.nearest_neighbours import CosineRecommender
+
+        x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
         x.data = np.log1p(x.data)
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
-        sim = (x.T @ x).tocsr().astype(np.float32)
-        sim.setdiag(0.0)
+        model = CosineRecommender(K=self.k, num_threads=0)
+        model.fit(x, show_progress=False)
+        sim = sp.csr_matrix(model.similarity, dtype=np.float32)
+        sim.setdiag(0.0)  # an item is not its own neighbour
         sim.eliminate_zeros()
-        coo = sim.tocoo()
-        denom = norms[coo.row] * norms[coo.col] + self.shrinkage
-        data = coo.data / np.maximum(denom, 1e-12)
-        sim = sp.csr_matrix((data.astype(np.float32), (coo.row, coo.col)), shape=sim.shape)
-        self.similarity_ = _keep_top_k_per_row(sim, self.k)
+        self.similarity_ = sim
         return self
 
     @property
@@ -105,26 +105,5 @@ class ItemKNNRecommender(Recommender):
         assert self.similarity_ is not None
         hist = user_items[np.asarray(user_rows)].astype(np.float32)
         hist.data = np.log1p(hist.data)
-        # similarity_ rows hold each item's neighbours; score = history @ S^T
+        # row i of similarity_ holds item i's neighbours; score = history @ S^T
         return np.asarray((hist @ self.similarity_.T).toarray(), dtype=np.float32)
-
-
-def _keep_top_k_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest entries of each row."""
-    m = m.tocsr()
-    lengths = np.diff(m.indptr)
-    if lengths.max(initial=0) <= k:
-        return m
-    rows, cols, vals = [], [], []
-    for r in range(m.shape[0]):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        data, idx = m.data[lo:hi], m.indices[lo:hi]
-        if hi - lo > k:
-            top = np.argpartition(-data, k - 1)[:k]
-            data, idx = data[top], idx[top]
-        rows.append(np.full(len(idx), r, dtype=np.int32))
-        cols.append(idx)
-        vals.append(data)
-    return sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape
-    )

@@ -232,7 +232,7 @@ def read_table(path: str | Path, what: str = "transaction log") -> tuple[pd.Data
             frame = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DataError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
-        return frame.astype(object).where(frame.notna(), "").astype(str), False
+        return frame, False
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if head[:2] != b"\x1f\x8b" and (b"\x00" in head or _looks_binary(head)):
@@ -304,31 +304,59 @@ def _null_mask(values: pd.Series) -> np.ndarray:
 
 
 def parse_timestamps(values: pd.Series, time_format: str | None = None) -> pd.Series:
-    """Parse text times to naive UTC ``datetime64[ns]``; unparseable values become NaT.
+    """Parse times to naive UTC ``datetime64[ns]``; unparseable values become NaT.
 
-    Accepts ISO-8601 dates and datetimes (offsets are converted to UTC) and
-    epoch seconds; ``time_format`` (a strftime pattern) parses anything else.
+    Accepts ISO-8601 dates and datetimes (offsets are converted to UTC), epoch
+    seconds, and columns that are already datetimes (from Parquet);
+    ``time_format`` (a strftime pattern) parses anything else.
     """
-    text = values.str.strip()
+    if pd.api.types.is_datetime64_any_dtype(values):
+        if getattr(values.dt, "tz", None) is not None:
+            values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        return values.astype("datetime64[ns]")
+    if pd.api.types.is_numeric_dtype(values):
+        secs = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        secs = np.where(np.abs(secs) < 1e11, secs, np.nan)  # beyond year 5000 is not a time
+        return pd.Series(pd.to_datetime(secs, unit="s", errors="coerce"), index=values.index)
+    text = values.astype("string").str.strip()
     if time_format:
         out = pd.to_datetime(text, format=time_format, errors="coerce", utc=True)
-        return out.dt.tz_localize(None)
-    numeric = pd.to_numeric(text, errors="coerce")
-    is_epoch = numeric.notna() & ~text.str.fullmatch(r"\d{8}").fillna(False)
-    result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
-    if is_epoch.any():
-        secs = numeric[is_epoch].to_numpy(dtype=np.float64)
-        ok = np.abs(secs) < 1e11  # beyond year 5000 is not a time
-        epoch = pd.to_datetime(np.where(ok, secs, np.nan), unit="s", errors="coerce")
-        result.loc[is_epoch] = epoch.values
-    rest = ~is_epoch
-    if rest.any():
-        parsed = pd.to_datetime(text[rest], format="ISO8601", errors="coerce", utc=True)
-        if parsed.isna().all() and rest.sum() > 0:
-            # A compact YYYYMMDD is ISO-8601's basic format.
-            parsed = pd.to_datetime(text[rest], format="%Y%m%d", errors="coerce", utc=True)
-        result.loc[rest] = parsed.dt.tz_localize(None).values
+        return out.dt.tz_localize(None).astype("datetime64[ns]")
+    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+    result = parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    failed = result.isna().to_numpy() & text.notna().to_numpy()
+    if failed.any():
+        # ISO-8601 never matches a bare number, so the rest may be epoch seconds.
+        numeric = pd.to_numeric(text[failed], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        numeric = np.where(np.abs(numeric) < 1e11, numeric, np.nan)
+        epoch = pd.to_datetime(numeric, unit="s", errors="coerce")
+        result.loc[failed] = np.asarray(epoch, dtype="datetime64[ns]")
     return result
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """A column as stripped text (numbers from Parquet become their decimal form)."""
+    if pd.api.types.is_float_dtype(values):
+        # 17850.0 -> "17850": ids stored as floats (a NaN forced the dtype) read as integers
+        arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(arr) & (arr == np.round(arr))
+        out = values.astype("string")
+        out[whole] = pd.Series(arr[whole].astype(np.int64), index=values.index[whole]).astype(
+            "string"
+        )
+        return out.str.strip()
+    return values.astype("string").str.strip()
+
+
+def _as_number(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(numbers as float64 with NaN for unparseable, mask of empty cells)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        num = values.astype("float64")
+        return num, values.isna().to_numpy()
+    text = values.astype("string").str.strip()
+    return pd.to_numeric(text, errors="coerce").astype("float64"), _null_mask(text)
 
 
 def load_transactions(
@@ -407,45 +435,38 @@ def validate_transactions(
         raise DataError(f"{source}: the transaction log has a header but no rows")
 
     def col(name: str) -> pd.Series:
-        return raw[resolved[name]].astype("string")
+        return raw[resolved[name]]
 
     n = len(raw)
     reason = np.full(n, -1, dtype=np.int8)  # index into DROP_REASONS, -1 = kept
-    offending_col: dict[str, str] = {}
 
     def mark(mask: np.ndarray, name: str) -> None:
         fresh = mask & (reason < 0)
         reason[fresh] = DROP_REASONS.index(name)
 
-    cust = col("customer_id").str.strip()
-    item = col("item_id").str.strip()
+    cust = _as_text(col("customer_id"))
+    item = _as_text(col("item_id"))
     mark(_null_mask(cust), "missing_customer_id")
     mark(_null_mask(item), "missing_item_id")
-    too_long = (cust.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy()
-    mark(too_long, "missing_customer_id")
-    too_long = (item.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy()
-    mark(too_long, "missing_item_id")
+    mark((cust.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_customer_id")
+    mark((item.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_item_id")
 
     ts = parse_timestamps(col("timestamp"), time_format)
     mark(ts.isna().to_numpy(), "unparseable_timestamp")
 
     if "quantity" in resolved:
-        qtext = col("quantity").str.strip()
-        qty = pd.to_numeric(qtext, errors="coerce").astype("float64")
-        qnull = _null_mask(qtext)
+        qty, qnull = _as_number(col("quantity"))
         qty = qty.where(~qnull, 1.0)  # an empty quantity means one unit
-        mark(~np.isfinite(qty.to_numpy(na_value=np.nan)), "unparseable_quantity")
-        mark((qty.to_numpy(na_value=np.nan) <= 0), "non_positive_quantity")
+        qv = qty.to_numpy(dtype=np.float64, na_value=np.nan)
+        mark(~np.isfinite(qv), "unparseable_quantity")
+        mark(qv <= 0, "non_positive_quantity")
     else:
         qty = pd.Series(np.ones(n), index=raw.index)
 
     if "price" in resolved:
-        ptext = col("price").str.strip()
-        price = pd.to_numeric(ptext, errors="coerce").astype("float64")
-        pnull = _null_mask(ptext)
-        pv = price.to_numpy(na_value=np.nan)
-        bad_price = ~pnull & (~np.isfinite(pv) | (pv < 0))
-        mark(bad_price, "invalid_price")
+        price, pnull = _as_number(col("price"))
+        pv = price.to_numpy(dtype=np.float64, na_value=np.nan)
+        mark(~pnull & (~np.isfinite(pv) | (pv < 0)), "invalid_price")
         price = price.where(~pnull, np.nan)
     else:
         price = pd.Series(np.full(n, np.nan), index=raw.index)
@@ -457,8 +478,8 @@ def validate_transactions(
             if event_weights is not None
             else {"purchase": 1.0, "order": 1.0, "cart": 0.5, "view": 0.1}
         )
-        event = col("event").str.strip().str.lower()
-        mark(~event.isin(list(weights)).to_numpy(na_value=False), "unknown_event")
+        event = _as_text(col("event")).str.lower()
+        mark(~event.isin(list(weights)).to_numpy(dtype=bool, na_value=False), "unknown_event")
         weight = event.map(weights).astype("float64").fillna(0.0)
     else:
         event = pd.Series(["purchase"] * n, index=raw.index, dtype="string")
@@ -469,14 +490,17 @@ def validate_transactions(
         cutoff = as_of_cutoff(as_of)
         mark((ts >= cutoff).fillna(False).to_numpy(), "after_as_of")
 
-    key_cols = [resolved[c] for c in resolved]
-    dup = raw[key_cols].duplicated(keep="first").to_numpy()
-    mark(dup, "duplicate")
+    # Exact duplicates of the mapped columns, compared through a 64-bit row hash
+    # (much faster than comparing text on millions of rows).
+    key_cols = list(dict.fromkeys(resolved[c] for c in resolved))
+    row_hash = pd.util.hash_pandas_object(raw[key_cols], index=False)
+    mark(row_hash.duplicated(keep="first").to_numpy(), "duplicate")
 
+    counts = np.bincount(reason[reason >= 0], minlength=len(DROP_REASONS))
     for idx, name in enumerate(DROP_REASONS):
-        hits = np.flatnonzero(reason == idx)
-        report.dropped[name] = int(hits.size)
-        if hits.size:
+        report.dropped[name] = int(counts[idx])
+        if counts[idx]:
+            hits = np.flatnonzero(reason == idx)
             first = int(hits[0])
             column = _REASON_COLUMN[name]
             source_col = resolved.get(column, column) if column != "*" else "(all columns)"
@@ -487,7 +511,6 @@ def validate_transactions(
                 column=str(source_col),
                 value=value[:80],
             )
-            offending_col[name] = str(source_col)
 
     keep = reason < 0
     report.rows_kept = int(keep.sum())
@@ -505,12 +528,12 @@ def validate_transactions(
 
     frame = pd.DataFrame(
         {
-            "customer_id": cust[keep].astype(str).to_numpy(),
-            "item_id": item[keep].astype(str).to_numpy(),
+            "customer_id": cust[keep].astype("str").reset_index(drop=True),
+            "item_id": item[keep].astype("str").reset_index(drop=True),
             "timestamp": ts[keep].to_numpy(dtype="datetime64[ns]"),
             "quantity": qty[keep].to_numpy(dtype=np.float64),
             "price": price[keep].to_numpy(dtype=np.float64, na_value=np.nan),
-            "event": event[keep].astype(str).to_numpy(),
+            "event": event[keep].astype("str").reset_index(drop=True),
             "weight": weight[keep].to_numpy(dtype=np.float64),
         }
     )
@@ -619,7 +642,15 @@ class IdIndex:
     @classmethod
     def from_values(cls, values: Sequence[str] | np.ndarray | pd.Series) -> IdIndex:
         """Index the distinct values, in sorted order (deterministic)."""
-        return cls(np.unique(np.asarray(values, dtype=str)))
+        return cls.encode(values)[0]
+
+    @classmethod
+    def encode(
+        cls, values: Sequence[str] | np.ndarray | pd.Series
+    ) -> tuple[IdIndex, np.ndarray]:
+        """Index the distinct values (sorted) and return each value's row too."""
+        codes, uniques = pd.factorize(pd.Series(values, dtype="str"), sort=True)
+        return cls(np.asarray(uniques, dtype=str)), codes.astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.ids_.shape[0])

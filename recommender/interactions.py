@@ -47,8 +47,13 @@ def build_matrix(
         If set, each row counts ``0.5 ** (age / half_life_days)`` where age is
         measured back from ``now`` (default: the last timestamp).
     """
-    rows = customers.rows(frame["customer_id"].to_numpy())
-    cols = items.rows(frame["item_id"].to_numpy())
+    if "crow" in frame.columns and "irow" in frame.columns:
+        # rows already encoded against these indexes (see annotate_rows)
+        rows = frame["crow"].to_numpy()
+        cols = frame["irow"].to_numpy()
+    else:
+        rows = customers.rows(frame["customer_id"].to_numpy())
+        cols = items.rows(frame["item_id"].to_numpy())
     values = (
         frame["weight"].to_numpy(dtype=np.float64)
         if "weight" in frame
@@ -72,6 +77,19 @@ def build_matrix(
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
     return matrix
+
+
+def annotate_rows(frame: pd.DataFrame, customers: IdIndex, items: IdIndex) -> pd.DataFrame:
+    """Add ``crow``/``irow`` columns (rows in ``customers``/``items``, -1 if absent).
+
+    :func:`build_matrix` uses them instead of looking every id up again, which
+    matters when one run builds several matrices from millions of rows. Only
+    pass the annotated frame with the same two indexes.
+    """
+    return frame.assign(
+        crow=customers.rows(frame["customer_id"].to_numpy()),
+        irow=items.rows(frame["item_id"].to_numpy()),
+    )
 
 
 def apply_weighting(

@@ -28,6 +28,7 @@ import pandas as pd
 from recommender.artifacts import publish, remove_stale_temporaries
 from recommender.bundle import Catalog, load_bundle_dir, save_bundle
 from recommender.data import (
+    PURCHASE_EVENTS,
     IdIndex,
     as_of_cutoff,
     load_catalog,
@@ -153,15 +154,20 @@ def train(
     )
 
     frame = tx.frame
-    purchases = tx.purchases
-    if len(purchases) == 0:
+    if len(tx.purchases) == 0:
         raise TrainingError("the log has no purchase events; nothing to learn when customers buy")
     end = as_of_cutoff(as_of) if as_of else as_of_cutoff(frame["timestamp"].max().normalize())
     eval_cut = end - pd.Timedelta(days=cfg.eval_days)
-    customers = IdIndex.from_values(frame["customer_id"].to_numpy())
-    item_counts = frame.groupby("item_id", sort=False)["customer_id"].nunique()
-    kept_items = item_counts.index[item_counts >= cfg.min_item_customers].to_numpy()
-    items = IdIndex.from_values(kept_items)
+    customers, crow = IdIndex.encode(frame["customer_id"])
+    items, irow = IdIndex.encode(frame["item_id"])
+    if cfg.min_item_customers > 1:
+        buyers = pd.Series(crow).groupby(irow).nunique().to_numpy()
+        keep = buyers >= cfg.min_item_customers
+        items = IdIndex(items.ids_[keep])
+        remap = np.where(keep, np.cumsum(keep) - 1, -1)
+        irow = remap[irow]
+    frame = frame.assign(crow=crow, irow=irow)
+    purchases = frame if not tx.has_events else frame[frame["event"].isin(PURCHASE_EVENTS)]
     say(f"        {len(customers):,} customers, {len(items):,} items, up to {end.date()} (as-of)")
 
     metrics: dict[str, Any] = {}
@@ -184,10 +190,13 @@ def train(
 
     if rank_ok:
         with _step("split off the evaluation window", timings, say):
-            split = ranking.make_split(frame, purchases, customers, items, eval_cut, end)
+            split = ranking.make_split(
+                frame, purchases, customers, items, eval_cut, end,
+                max_users=cfg.max_eval_customers, seed=cfg.seed,
+            )
         say(
             f"        evaluation window {eval_cut.date()} .. {(end - pd.Timedelta(days=1)).date()}:"
-            f" {split.n_users:,} customers with history buy in it"
+            f" {split.n_users:,} customers with history buy in it (evaluated)"
         )
         if split.n_users == 0:
             raise TrainingError(
@@ -199,6 +208,7 @@ def train(
                 val_split = ranking.make_split(
                     frame, purchases, customers, items,
                     eval_cut - pd.Timedelta(days=cfg.eval_days), eval_cut,
+                    max_users=cfg.max_eval_customers, seed=cfg.seed,
                 )
                 if val_split.n_users == 0:
                     warn("search skipped: no customer buys in the validation window")
@@ -243,7 +253,11 @@ def train(
     popularity = recent_popularity(purchases, customers, items, end, cfg.popularity_days)
     catalog = Catalog.from_frame(catalog_frame, items)
     topn = None
-    if als_model is not None and cfg.top_n > 0:
+    n_scores = float(len(customers)) * float(len(items))
+    if als_model is not None and cfg.top_n > 0 and n_scores > cfg.top_n_max_scores:
+        say(f"        top-N not precomputed: {n_scores:.2g} scores exceeds {cfg.top_n_max_scores:.2g}"
+            "; serving will score exactly")
+    elif als_model is not None and cfg.top_n > 0:
         with _step("precompute top-N for known customers", timings, say):
             topn = als_model.recommend(np.arange(len(customers)), history, k=cfg.top_n)
 

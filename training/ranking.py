@@ -47,6 +47,9 @@ def make_split(
     items: IdIndex,
     cutoff: pd.Timestamp,
     end: pd.Timestamp,
+    *,
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> Split:
     """History before ``cutoff``; relevant = purchases in ``[cutoff, end)``.
 
@@ -61,6 +64,9 @@ def make_split(
     has_hist = np.diff(counts.indptr) > 0
     has_rel = np.diff(relevant.indptr) > 0
     users = np.flatnonzero(has_hist & has_rel)
+    if max_users is not None and len(users) > max_users:
+        rng = np.random.default_rng(seed)
+        users = np.sort(rng.choice(users, size=max_users, replace=False))
     return Split(train=train, counts=counts, relevant=relevant, users=users, cutoff=cutoff)
 
 

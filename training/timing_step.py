@@ -21,10 +21,15 @@ def _days(ts: pd.Series) -> np.ndarray:
     return np.asarray(ts, dtype="datetime64[s]").astype(np.int64) / 86400.0
 
 
-def _codes(purchases: pd.DataFrame, customers: IdIndex, items: IdIndex | None = None):
-    c = customers.rows(purchases["customer_id"].to_numpy())
-    i = items.rows(purchases["item_id"].to_numpy()) if items is not None else None
-    return c, i
+def _codes(
+    purchases: pd.DataFrame, customers: IdIndex, items: IdIndex
+) -> tuple[np.ndarray, np.ndarray]:
+    if "crow" in purchases.columns and "irow" in purchases.columns:
+        return purchases["crow"].to_numpy(), purchases["irow"].to_numpy()
+    return (
+        customers.rows(purchases["customer_id"].to_numpy()),
+        items.rows(purchases["item_id"].to_numpy()),
+    )
 
 
 def fit_timing_models(

@@ -7,6 +7,8 @@ beat in shops where most orders are rebuys.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -87,7 +89,10 @@ class ItemKNNRecommender(Recommender):
         x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
         x.data = np.log1p(x.data)
         model = CosineRecommender(K=self.k, num_threads=0)
-        model.fit(x, show_progress=False)
+        with warnings.catch_warnings():
+            # implicit normalises to COO internally, then warns about its own conversion
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model.fit(x, show_progress=False)
         sim = sp.csr_matrix(model.similarity, dtype=np.float32)
         sim.setdiag(0.0)  # an item is not its own neighbour
         sim.eliminate_zeros()

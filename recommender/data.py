@@ -135,6 +135,9 @@ class Transactions:
     frame: pd.DataFrame
     report: ValidationReport
     has_events: bool = False
+    future: pd.DataFrame | None = None
+    """Otherwise valid rows after ``--as-of`` (counted as dropped): what
+    happened next, for a backtest of the model trained as of that day."""
 
     @property
     def purchases(self) -> pd.DataFrame:
@@ -526,19 +529,24 @@ def validate_transactions(
             f"most for '{worst}': {report.describe(worst)}"
         )
 
-    frame = pd.DataFrame(
-        {
-            "customer_id": cust[keep].astype("str").reset_index(drop=True),
-            "item_id": item[keep].astype("str").reset_index(drop=True),
-            "timestamp": ts[keep].to_numpy(dtype="datetime64[ns]"),
-            "quantity": qty[keep].to_numpy(dtype=np.float64),
-            "price": price[keep].to_numpy(dtype=np.float64, na_value=np.nan),
-            "event": event[keep].astype("str").reset_index(drop=True),
-            "weight": weight[keep].to_numpy(dtype=np.float64),
-        }
-    )
-    frame = frame.sort_values("timestamp", kind="stable", ignore_index=True)
-    return Transactions(frame=frame, report=report, has_events=has_events)
+    def build(mask: np.ndarray) -> pd.DataFrame:
+        out = pd.DataFrame(
+            {
+                "customer_id": cust[mask].astype("str").reset_index(drop=True),
+                "item_id": item[mask].astype("str").reset_index(drop=True),
+                "timestamp": ts[mask].to_numpy(dtype="datetime64[ns]"),
+                "quantity": qty[mask].to_numpy(dtype=np.float64),
+                "price": price[mask].to_numpy(dtype=np.float64, na_value=np.nan),
+                "event": event[mask].astype("str").reset_index(drop=True),
+                "weight": weight[mask].to_numpy(dtype=np.float64),
+            }
+        )
+        return out.sort_values("timestamp", kind="stable", ignore_index=True)
+
+    frame = build(keep)
+    later = reason == DROP_REASONS.index("after_as_of")
+    future = build(later) if later.any() else None
+    return Transactions(frame=frame, report=report, has_events=has_events, future=future)
 
 
 def as_of_cutoff(as_of: str | pd.Timestamp) -> pd.Timestamp:

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--event-weights", help="weights per event type: view=0.1,cart=0.5,purchase=1")
     t.add_argument("--time-format", help="strftime pattern for non-ISO times, e.g. %%m/%%d/%%Y %%H:%%M")
     t.add_argument("--eval-days", type=_positive_int, default=28, help="evaluation window (days)")
+    t.add_argument("--timing-days", type=_positive_float,
+                   help="window for judging the next-purchase model (days)")
+    t.add_argument("--timing-p-days", type=_positive_float,
+                   help="horizon of the judged probability of buying (days)")
     t.add_argument("--search", action="store_true", help="search ALS hyperparameters")
     t.add_argument("--search-budget", type=_positive_float, default=300.0, help="seconds")
     t.add_argument("--search-trials", type=_positive_int, default=30)
@@ -121,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # wide enough for the metric tables when output goes to a file or CI log
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -136,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     cfg = TrainConfig(
         eval_days=args.eval_days,
+        timing_horizon_days=args.timing_days,
+        timing_p_horizon_days=args.timing_p_days,
         seed=args.seed,
         top_n=max(args.top_n, 0),
         run_baselines=not args.no_baselines,

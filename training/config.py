@@ -49,7 +49,11 @@ class TrainConfig:
     eval_days: int = 28
     """Length of the held-out evaluation window at the end of the log, in days."""
     timing_horizon_days: float | None = None
-    """Window for judging the next-purchase model; defaults to ``eval_days``."""
+    """Window for judging the next-purchase model; defaults to ``eval_days``, or
+    with ``--as-of`` and later rows in the log, to the span of those rows (at
+    most a year)."""
+    timing_p_horizon_days: float | None = None
+    """Horizon of the judged probability of buying; defaults to the window."""
     max_eval_customers: int = 10_000
     """Evaluate on a seeded random sample of at most this many customers (the
     standard error of nDCG@10 on 10,000 customers is well under 0.005)."""

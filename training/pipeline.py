@@ -168,7 +168,10 @@ def train(
         irow = remap[irow]
     frame = frame.assign(crow=crow, irow=irow)
     purchases = frame if not tx.has_events else frame[frame["event"].isin(PURCHASE_EVENTS)]
-    say(f"        {len(customers):,} customers, {len(items):,} items, up to {end.date()} (as-of)")
+    say(
+        f"        {len(customers):,} customers, {len(items):,} items, "
+        f"as of the end of {(end - pd.Timedelta(days=1)).date()}"
+    )
 
     metrics: dict[str, Any] = {}
     als_model = None
@@ -244,8 +247,11 @@ def train(
         from training.timing_step import fit_timing_models
 
         with _step("fit next-purchase and buy-again models", timings, say):
+            future = tx.future
+            if future is not None and tx.has_events:
+                future = future[future["event"].isin(PURCHASE_EVENTS)]
             timing_model, repurchase_model, timing_metrics = fit_timing_models(
-                purchases, customers, items, end, cfg, warn=warn
+                purchases, customers, items, end, cfg, warn=warn, future=future
             )
         metrics.update(timing_metrics)
 

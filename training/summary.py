@@ -32,10 +32,12 @@ def print_summary(result: Any, console: Console) -> None:
         console.print(t)
     timing = metrics.get("timing")
     if timing:
-        t = Table(title=f"Next-purchase model on the last {timing.get('horizon_days', '?'):g} days "
+        t = Table(title=f"Next-purchase model over {timing.get('horizon_days', 0):g} days, "
+                        f"{timing.get('window', '')}; P(buy) within "
+                        f"{timing.get('p_horizon_days', 0):g} days "
                         f"({timing.get('customers', '?')} customers; model {timing.get('model')})")
-        cols = ("rmse", "mae", "msle", "total_predicted", "total_actual", "bias", "brier",
-                "log_loss", "auc")
+        cols = ("rmse", "mae", "msle", "total_predicted", "total_actual", "relative_bias",
+                "brier", "log_loss", "auc")
         t.add_column("estimator")
         for c in cols:
             t.add_column(c, justify="right")

@@ -40,54 +40,80 @@ def fit_timing_models(
     cfg: TrainConfig,
     *,
     warn: Callable[[str], None],
+    future: pd.DataFrame | None = None,
 ) -> tuple[PurchaseTimingModel | None, RepurchaseModel | None, dict[str, Any]]:
-    """Judge both models on the last window, then fit them on the whole log.
+    """Fit both models as of ``end`` and judge them on data they did not see.
 
-    Returns the fitted models (None where one cannot be fitted, with a
-    warning) and the metrics for the manifest.
+    With ``future`` (rows after ``--as-of``) the published models themselves
+    are judged on what happened next (a backtest); otherwise copies fitted
+    before the last window are judged on that window. Returns the models (None
+    where one cannot be fitted, with a warning) and metrics for the manifest.
     """
     horizon = float(cfg.timing_horizon_days or cfg.eval_days)
     end_day = _days(pd.Series([end]))[0]
-    cut_day = end_day - horizon
     cust_codes, item_codes = _codes(purchases, customers, items)
     days = _days(purchases["timestamp"])
     n_c, n_i = len(customers), len(items)
     metrics: dict[str, Any] = {}
+    first_day = float(days.min())
+
+    def make_timing(as_of_day: float) -> PurchaseTimingModel:
+        # choose among the candidates on a holdout no longer than a third of the history
+        holdout = min(horizon, (as_of_day - first_day) / 3.0)
+        return PurchaseTimingModel(holdout_days=holdout if holdout >= 7 else None)
+
+    fut_c = fut_i = fut_days = None
+    if future is not None and len(future):
+        fut_c = customers.rows(future["customer_id"].to_numpy())
+        fut_i = items.rows(future["item_id"].to_numpy())
+        fut_days = _days(future["timestamp"])
+        known = fut_c >= 0
+        fut_c, fut_i, fut_days = fut_c[known], fut_i[known], fut_days[known]
+        if fut_days.size == 0:
+            fut_c = None
+    if fut_c is not None:
+        assert fut_days is not None and fut_i is not None
+        # through the last day with data after --as-of, inclusive
+        eval_h = float(cfg.timing_horizon_days or min(np.floor(fut_days.max() - end_day) + 1, 365.0))
+        eval_cut = end_day
+        ev_c, ev_i, ev_days = fut_c, fut_i, fut_days
+        window_kind = "after --as-of (backtest of the published model)"
+    else:
+        eval_h = horizon
+        eval_cut = end_day - horizon
+        ev_c, ev_i, ev_days = cust_codes, item_codes, days
+        window_kind = "last window of the log (model refitted without it)"
+    p_h = float(cfg.timing_p_horizon_days or eval_h)
 
     timing: PurchaseTimingModel | None = None
-    before = days < cut_day
-    if before.sum() == 0:
-        warn("next-purchase model not evaluated: no purchase before the evaluation window")
-    else:
-        try:
-            evaluated = PurchaseTimingModel(holdout_days=horizon).fit(
-                cust_codes[before], days[before], cut_day, n_c
-            )
-            metrics["timing"] = _judge_timing(evaluated, cust_codes, days, cut_day, horizon)
-        except Exception as exc:  # reported, and the final fit decides whether to publish
-            warn(f"next-purchase model could not be evaluated: {exc}")
     try:
-        timing = PurchaseTimingModel(holdout_days=horizon).fit(cust_codes, days, end_day, n_c)
+        timing = make_timing(end_day).fit(cust_codes, days, end_day, n_c)
         metrics["timing_selection"] = timing.selection_
     except Exception as exc:
         warn(f"next-purchase model not published: {exc}")
-        timing = None
+
+    before = days < eval_cut
+    try:
+        if fut_c is not None:
+            evaluated = timing
+        elif before.sum() == 0:
+            evaluated = None
+            warn("next-purchase model not evaluated: no purchase before the evaluation window")
+        else:
+            evaluated = make_timing(eval_cut).fit(cust_codes[before], days[before], eval_cut, n_c)
+        if evaluated is not None:
+            judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
+            judged["window"] = window_kind
+            metrics["timing"] = judged
+    except Exception as exc:  # reported; publishing depends on the final fit only
+        warn(f"next-purchase model could not be evaluated: {exc}")
 
     repurchase: RepurchaseModel | None = None
-    ok_items = item_codes >= 0
-    if n_i >= 1:
+    ok = item_codes >= 0
+    if n_i >= 2:
         try:
-            if (before & ok_items).any():
-                ev = RepurchaseModel().fit(
-                    cust_codes[before & ok_items], item_codes[before & ok_items],
-                    days[before & ok_items], cut_day, n_c, n_i,
-                )
-                metrics["buy_again"] = _judge_buy_again(
-                    ev, cust_codes[ok_items], item_codes[ok_items], days[ok_items],
-                    cut_day, horizon, n_c, n_i,
-                )
             repurchase = RepurchaseModel().fit(
-                cust_codes[ok_items], item_codes[ok_items], days[ok_items], end_day, n_c, n_i
+                cust_codes[ok], item_codes[ok], days[ok], end_day, n_c, n_i
             )
             if not np.asarray(repurchase.is_repurchase_item_).any():
                 warn("buy-again model: no item is rebought by enough customers; none published")
@@ -95,6 +121,27 @@ def fit_timing_models(
         except Exception as exc:
             warn(f"buy-again model not published: {exc}")
             repurchase = None
+        try:
+            if fut_c is not None and repurchase is not None:
+                assert fut_i is not None and fut_days is not None
+                hist_c, hist_i, hist_d = cust_codes[ok], item_codes[ok], days[ok]
+                metrics["buy_again"] = _judge_buy_again(
+                    repurchase,
+                    np.concatenate([hist_c, fut_c[fut_i >= 0]]),
+                    np.concatenate([hist_i, fut_i[fut_i >= 0]]),
+                    np.concatenate([hist_d, fut_days[fut_i >= 0]]),
+                    eval_cut, eval_h, n_c, n_i,
+                )
+            elif fut_c is None and (before & ok).any():
+                ev = RepurchaseModel().fit(
+                    cust_codes[before & ok], item_codes[before & ok], days[before & ok],
+                    eval_cut, n_c, n_i,
+                )
+                metrics["buy_again"] = _judge_buy_again(
+                    ev, cust_codes[ok], item_codes[ok], days[ok], eval_cut, eval_h, n_c, n_i
+                )
+        except Exception as exc:
+            warn(f"buy-again model could not be evaluated: {exc}")
     return timing, repurchase, metrics
 
 
@@ -104,27 +151,36 @@ def _judge_timing(
     days: np.ndarray,
     cut_day: float,
     horizon: float,
+    p_horizon: float,
 ) -> dict[str, Any]:
-    """Predicted vs actual purchases in ``[cut_day, cut_day + horizon)``."""
+    """Predicted vs actual purchases in ``[cut_day, cut_day + horizon)``.
+
+    Probabilities are judged on buying within ``p_horizon`` days.
+    """
     summary = model.summary_
-    has = np.asarray(summary.has_history) if hasattr(summary, "has_history") else None
-    rows = np.flatnonzero(has) if has is not None else np.arange(len(summary.x))
-    window = (days >= cut_day) & (days < cut_day + horizon)
-    # same-day purchases are one transaction, as in the model
-    pairs = np.unique(
-        np.stack([cust_codes[window], np.floor(days[window])], axis=1), axis=0
-    )
-    actual_all = np.bincount(pairs[:, 0].astype(np.int64), minlength=len(summary.x))
-    actual = actual_all[rows].astype(np.float64)
+    rows = np.flatnonzero(np.asarray(summary.has_history))
+    n = summary.n_customers
+
+    def counts(h: float) -> np.ndarray:
+        window = (days >= cut_day) & (days < cut_day + h)
+        # same-day purchases are one transaction, as in the model
+        pairs = np.unique(np.stack([cust_codes[window], np.floor(days[window])], axis=1), axis=0)
+        return np.bincount(pairs[:, 0].astype(np.int64), minlength=n)[rows].astype(np.float64)
+
+    actual = counts(horizon)
+    bought = counts(p_horizon) > 0
     pred = model.predict(horizon, rows)
-    baselines = naive_baselines(summary, horizon)
-    baselines = {k: np.asarray(v)[rows] for k, v in baselines.items()}
-    out = evaluate_timing(
-        pred["expected_purchases"], actual, pred["p_purchase"], actual > 0, baselines=baselines
-    )
+    p = model.predict(p_horizon, rows)["p_purchase"]
+    baselines = naive_baselines(summary, horizon, p_horizon)
+    baselines = {
+        name: {key: np.asarray(arr)[rows] for key, arr in base.items()}
+        for name, base in baselines.items()
+    }
+    out = evaluate_timing(pred["expected_purchases"], actual, p, bought, baselines=baselines)
     out["horizon_days"] = horizon
+    out["p_horizon_days"] = p_horizon
     out["customers"] = int(len(rows))
-    out["model"] = model.selection_.get("chosen") if isinstance(model.selection_, dict) else None
+    out["model"] = model.model_name_
     return out
 
 

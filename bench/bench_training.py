@@ -85,15 +85,19 @@ def main() -> None:
         t0 = time.perf_counter()
         frame = generate_interactions(args.customers, args.items, args.interactions, args.seed)
         frame.to_parquet(data, index=False)
-        print(f"generated {len(frame):,} rows in {time.perf_counter() - t0:.1f}s -> {data.name} "
-              f"({data.stat().st_size / 2**20:.0f} MiB)")
+        print(
+            f"generated {len(frame):,} rows in {time.perf_counter() - t0:.1f}s -> {data.name} "
+            f"({data.stat().st_size / 2**20:.0f} MiB)"
+        )
         del frame
 
         ref_wall, ref_peak, out = run([sys.executable, "-c", REFERENCE, str(data)], env)
         ref = json.loads(out.strip().splitlines()[-1])
-        print(f"reference: implicit fit {ref['fit_s']:.1f}s on {ref['shape'][0]:,} x "
-              f"{ref['shape'][1]:,}, nnz {ref['nnz']:,} (process {ref_wall:.1f}s, "
-              f"peak {ref_peak / 2**30:.2f} GiB)")
+        print(
+            f"reference: implicit fit {ref['fit_s']:.1f}s on {ref['shape'][0]:,} x "
+            f"{ref['shape'][1]:,}, nnz {ref['nnz']:,} (process {ref_wall:.1f}s, "
+            f"peak {ref_peak / 2**30:.2f} GiB)"
+        )
         # The encore run must report its own peak, not the reference's: run it
         # through a fresh Python that measures only its own child.
         probe = (
@@ -102,11 +106,24 @@ def main() -> None:
             "w=time.perf_counter()-t; "
             "print(p.stdout[-4000:], file=sys.stderr) if p.returncode else None; "
             "print(json.dumps({'rc': p.returncode, 'wall': w, 'peak': "
-            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024, 'out': p.stdout[-6000:]}))"
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024, "
+            "'out': p.stdout[-6000:]}))"
         )
-        cmd = [sys.executable, "-c", probe, sys.executable, "-m", "training", "train",
-               "--transactions", str(data), "--models-dir", str(Path(tmp) / "models"),
-               "--top-n", "100"]
+        cmd = [
+            sys.executable,
+            "-c",
+            probe,
+            sys.executable,
+            "-m",
+            "training",
+            "train",
+            "--transactions",
+            str(data),
+            "--models-dir",
+            str(Path(tmp) / "models"),
+            "--top-n",
+            "100",
+        ]
         _, _, out = run(cmd, env)
         res = json.loads(out.strip().splitlines()[-1])
         if res["rc"] != 0:
@@ -114,8 +131,10 @@ def main() -> None:
         steps = [ln for ln in res["out"].splitlines() if ln.startswith("[done]")]
         print("encore train steps:\n  " + "\n  ".join(steps))
         ratio = res["wall"] / ref["fit_s"]
-        print(f"encore train (whole run, no search): {res['wall']:.1f}s, "
-              f"peak {res['peak'] / 2**30:.2f} GiB")
+        print(
+            f"encore train (whole run, no search): {res['wall']:.1f}s, "
+            f"peak {res['peak'] / 2**30:.2f} GiB"
+        )
         print(f"RATIO encore_train / bare_implicit_fit = {ratio:.2f}  (goal <= 1.5)")
         print(f"PEAK MEMORY encore_train = {res['peak'] / 2**30:.2f} GiB  (goal < 4)")
 

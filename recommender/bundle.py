@@ -140,8 +140,12 @@ def save_bundle(
         raise ValueError(f"history shape {history.shape} != ({n_c}, {n_i})")
     if popularity.shape != (n_i,):
         raise ValueError("popularity must have one entry per item")
-    components = {"als": als is not None, "topn": topn is not None,
-                  "timing": timing is not None, "repurchase": repurchase is not None}
+    components = {
+        "als": als is not None,
+        "topn": topn is not None,
+        "timing": timing is not None,
+        "repurchase": repurchase is not None,
+    }
     with VersionWriter(models_dir, version) as w:
         w.write_array("customers.npy", customers.ids_)
         w.write_array("items.npy", items.ids_)
@@ -149,8 +153,11 @@ def save_bundle(
         h.sort_indices()
         w.write_arrays(
             "history.npz",
-            {"indptr": h.indptr.astype(np.int64), "indices": h.indices.astype(np.int32),
-             "data": h.data.astype(np.float32)},
+            {
+                "indptr": h.indptr.astype(np.int64),
+                "indices": h.indices.astype(np.int32),
+                "data": h.data.astype(np.float32),
+            },
         )
         w.write_array("popularity.npy", np.asarray(popularity, dtype=np.float32))
         w.write_arrays("catalog.npz", catalog.to_arrays())
@@ -179,8 +186,11 @@ def save_bundle(
         full["shape"] = {"customers": n_c, "items": n_i}
         if als is not None:
             full.setdefault("als", {}).update(
-                {"regularization": float(als.regularization), "alpha": float(als.alpha),
-                 "factors": int(als.factors)}
+                {
+                    "regularization": float(als.regularization),
+                    "alpha": float(als.alpha),
+                    "factors": int(als.factors),
+                }
             )
         return w.commit(full)
 
@@ -246,7 +256,9 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         params = m.get("als", {})
         try:
             bundle.als = ALSRecommender.from_factors(
-                uf, itf, regularization=float(params["regularization"]),
+                uf,
+                itf,
+                regularization=float(params["regularization"]),
                 alpha=float(params["alpha"]),
             )
         except (KeyError, FactorError) as exc:

@@ -422,9 +422,7 @@ def validate_transactions(
 ) -> Transactions:
     """Check an all-text frame of transactions; see :func:`load_transactions`."""
     mapping = dict(columns or {})
-    resolved = _resolve_columns(
-        raw, mapping, REQUIRED_COLUMNS + OPTIONAL_COLUMNS, source
-    )
+    resolved = _resolve_columns(raw, mapping, REQUIRED_COLUMNS + OPTIONAL_COLUMNS, source)
     missing = [c for c in REQUIRED_COLUMNS if c not in resolved]
     if missing:
         found = ", ".join(map(str, raw.columns[:12])) + (" ..." if len(raw.columns) > 12 else "")
@@ -451,7 +449,9 @@ def validate_transactions(
     item = _as_text(col("item_id"))
     mark(_null_mask(cust), "missing_customer_id")
     mark(_null_mask(item), "missing_item_id")
-    mark((cust.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_customer_id")
+    mark(
+        (cust.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_customer_id"
+    )
     mark((item.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_item_id")
 
     ts = parse_timestamps(col("timestamp"), time_format)
@@ -518,9 +518,7 @@ def validate_transactions(
     keep = reason < 0
     report.rows_kept = int(keep.sum())
     if strict and report.rows_dropped:
-        first_reason = min(
-            report.first_offence, key=lambda r: report.first_offence[r].row
-        )
+        first_reason = min(report.first_offence, key=lambda r: report.first_offence[r].row)
         raise DataError(report.describe(first_reason) + " (--strict)")
     if report.rows_kept == 0:
         worst = max(report.dropped, key=lambda r: report.dropped[r])
@@ -653,9 +651,7 @@ class IdIndex:
         return cls.encode(values)[0]
 
     @classmethod
-    def encode(
-        cls, values: Sequence[str] | np.ndarray | pd.Series
-    ) -> tuple[IdIndex, np.ndarray]:
+    def encode(cls, values: Sequence[str] | np.ndarray | pd.Series) -> tuple[IdIndex, np.ndarray]:
         """Index the distinct values (sorted) and return each value's row too."""
         codes, uniques = pd.factorize(pd.Series(values, dtype="str"), sort=True)
         return cls(np.asarray(uniques, dtype=str)), codes.astype(np.int64)

@@ -55,9 +55,7 @@ def build_matrix(
         rows = customers.rows(frame["customer_id"].to_numpy())
         cols = items.rows(frame["item_id"].to_numpy())
     values = (
-        frame["weight"].to_numpy(dtype=np.float64)
-        if "weight" in frame
-        else np.ones(len(frame))
+        frame["weight"].to_numpy(dtype=np.float64) if "weight" in frame else np.ones(len(frame))
     )
     if half_life_days is not None and len(frame):
         ts = frame["timestamp"].to_numpy(dtype="datetime64[s]").astype(np.int64)
@@ -116,9 +114,7 @@ def apply_weighting(
     idf = np.maximum(idf, 0.0) + 1e-3  # keep items everyone buys weakly positive
     if scheme == "tfidf":
         coo = m.tocoo()
-        m = sp.csr_matrix(
-            (np.sqrt(coo.data) * idf[coo.col], (coo.row, coo.col)), shape=m.shape
-        )
+        m = sp.csr_matrix((np.sqrt(coo.data) * idf[coo.col], (coo.row, coo.col)), shape=m.shape)
         return m.astype(np.float32)
     row_sums = np.asarray(m.sum(axis=1)).ravel()
     avg = row_sums.mean() if n_users else 1.0
@@ -128,9 +124,7 @@ def apply_weighting(
     return sp.csr_matrix((data.astype(np.float32), (coo.row, coo.col)), shape=m.shape)
 
 
-def temporal_split(
-    frame: pd.DataFrame, cutoff: pd.Timestamp
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def temporal_split(frame: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows before ``cutoff`` (training) and from it on (evaluation window)."""
     ts = frame["timestamp"]
     return frame[ts < cutoff], frame[ts >= cutoff]

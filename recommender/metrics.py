@@ -148,9 +148,7 @@ def evaluate_recommender(
 def format_table(rows: Sequence[tuple[str, dict[str, Any]]], columns: Sequence[str]) -> str:
     """Plain-text table of metric rows, for logs and the README."""
     header = ["model", *columns]
-    body = [
-        [name, *(_fmt(metrics.get(c)) for c in columns)] for name, metrics in rows
-    ]
+    body = [[name, *(_fmt(metrics.get(c)) for c in columns)] for name, metrics in rows]
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     lines = [" | ".join(str(v).ljust(w) for v, w in zip(header, widths, strict=True))]
     lines.append("-+-".join("-" * w for w in widths))

@@ -103,8 +103,10 @@ def test_als_save_load_round_trip_gives_same_top_n(data):
     train, *_ = data
     model = ALSRecommender(factors=8, iterations=5).fit(train)
     again = ALSRecommender.from_factors(
-        model.user_factors_.copy(), model.item_factors_.copy(),
-        regularization=model.regularization, alpha=model.alpha,
+        model.user_factors_.copy(),
+        model.item_factors_.copy(),
+        regularization=model.regularization,
+        alpha=model.alpha,
     )
     a, _ = model.recommend(np.arange(50), train, k=10)
     b, _ = again.recommend(np.arange(50), train, k=10)

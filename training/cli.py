@@ -64,12 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--as-of", help="train as if this day (YYYY-MM-DD) were today")
     t.add_argument("--strict", action="store_true", help="fail on the first bad row")
     t.add_argument("--event-weights", help="weights per event type: view=0.1,cart=0.5,purchase=1")
-    t.add_argument("--time-format", help="strftime pattern for non-ISO times, e.g. %%m/%%d/%%Y %%H:%%M")
+    t.add_argument(
+        "--time-format", help="strftime pattern for non-ISO times, e.g. %%m/%%d/%%Y %%H:%%M"
+    )
     t.add_argument("--eval-days", type=_positive_int, default=28, help="evaluation window (days)")
-    t.add_argument("--timing-days", type=_positive_float,
-                   help="window for judging the next-purchase model (days)")
-    t.add_argument("--timing-p-days", type=_positive_float,
-                   help="horizon of the judged probability of buying (days)")
+    t.add_argument(
+        "--timing-days",
+        type=_positive_float,
+        help="window for judging the next-purchase model (days)",
+    )
+    t.add_argument(
+        "--timing-p-days",
+        type=_positive_float,
+        help="horizon of the judged probability of buying (days)",
+    )
     t.add_argument("--search", action="store_true", help="search ALS hyperparameters")
     t.add_argument("--search-budget", type=_positive_float, default=300.0, help="seconds")
     t.add_argument("--search-trials", type=_positive_int, default=30)
@@ -223,15 +231,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_args = build_parser().parse_args(
         [
             "train",
-            "--transactions", str(paths["transactions"]),
-            "--items", str(paths["items"]),
-            "--models-dir", args.models_dir,
+            "--transactions",
+            str(paths["transactions"]),
+            "--items",
+            str(paths["items"]),
+            "--models-dir",
+            args.models_dir,
         ]
     )
     cmd_train(train_args)
     if args.no_serve:
-        print(f"Model published in {args.models_dir}/. Serve it with: encore serve "
-              f"--models-dir {args.models_dir}")
+        print(
+            f"Model published in {args.models_dir}/. Serve it with: encore serve "
+            f"--models-dir {args.models_dir}"
+        )
         return 0
     return _exec_serve(args.models_dir, args.host, args.port, 1)
 
@@ -239,8 +252,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _exec_serve(models_dir: str, host: str, port: int, workers: int) -> int:
     # The pipeline never imports the app (or FastAPI): the server runs as its
     # own module, replacing this process.
-    argv = [sys.executable, "-m", "serving", "--models-dir", models_dir,
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--models-dir",
+        models_dir,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover - execv does not return
@@ -270,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encore {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"encore {args.command}: interrupted; the published model is unchanged",
-              file=sys.stderr)
+        print(
+            f"encore {args.command}: interrupted; the published model is unchanged", file=sys.stderr
+        )
         return 130
     except Exception as exc:  # a bug or a model that failed its checks: still one line
         if args.debug:

@@ -194,8 +194,14 @@ def train(
     if rank_ok:
         with _step("split off the evaluation window", timings, say):
             split = ranking.make_split(
-                frame, purchases, customers, items, eval_cut, end,
-                max_users=cfg.max_eval_customers, seed=cfg.seed,
+                frame,
+                purchases,
+                customers,
+                items,
+                eval_cut,
+                end,
+                max_users=cfg.max_eval_customers,
+                seed=cfg.seed,
             )
         say(
             f"        evaluation window {eval_cut.date()} .. {(end - pd.Timedelta(days=1)).date()}:"
@@ -209,15 +215,24 @@ def train(
         if cfg.search.enabled:
             with _step("hyperparameter search on the validation window", timings, say):
                 val_split = ranking.make_split(
-                    frame, purchases, customers, items,
-                    eval_cut - pd.Timedelta(days=cfg.eval_days), eval_cut,
-                    max_users=cfg.max_eval_customers, seed=cfg.seed,
+                    frame,
+                    purchases,
+                    customers,
+                    items,
+                    eval_cut - pd.Timedelta(days=cfg.eval_days),
+                    eval_cut,
+                    max_users=cfg.max_eval_customers,
+                    seed=cfg.seed,
                 )
                 if val_split.n_users == 0:
                     warn("search skipped: no customer buys in the validation window")
                 else:
                     chosen, trials = run_search(
-                        val_split, customers, items, cfg.als, cfg.search,
+                        val_split,
+                        customers,
+                        items,
+                        cfg.als,
+                        cfg.search,
                         on_trial=lambda i, c, m: say(
                             f"        trial {i + 1}: nDCG@10 {m['ndcg@10']:.4f} "
                             f"factors={c.factors} reg={c.regularization} alpha={c.alpha} "
@@ -233,12 +248,17 @@ def train(
                 ranking_metrics.update(ranking.evaluate_baselines(split))
         metrics["ranking"] = ranking_metrics
         metrics["ranking_window"] = {
-            "start": eval_cut.isoformat(), "end": end.isoformat(), "customers": split.n_users,
+            "start": eval_cut.isoformat(),
+            "end": end.isoformat(),
+            "customers": split.n_users,
         }
         with _step("refit ALS on the whole log", timings, say):
             full = ranking.weighted_matrix(frame, customers, items, chosen, now=end)
             als_model = ranking.fit_als(
-                full, chosen, cfg.seed, warm_start=eval_model,
+                full,
+                chosen,
+                cfg.seed,
+                warm_start=eval_model,
                 iterations=chosen.refit_iterations,
             )
 
@@ -261,8 +281,11 @@ def train(
     topn = None
     n_scores = float(len(customers)) * float(len(items))
     if als_model is not None and cfg.top_n > 0 and n_scores > cfg.top_n_max_scores:
-        say(f"        top-N not precomputed: {n_scores:.2g} scores exceeds {cfg.top_n_max_scores:.2g}"
-            "; serving will score exactly")
+        say(
+            f"        top-N not precomputed: {n_scores:.2g} scores exceeds "
+            f"{cfg.top_n_max_scores:.2g}"
+            "; serving will score exactly"
+        )
     elif als_model is not None and cfg.top_n > 0:
         with _step("precompute top-N for known customers", timings, say):
             topn = als_model.recommend(np.arange(len(customers)), history, k=cfg.top_n)

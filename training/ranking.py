@@ -11,12 +11,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recommender.als import ALSRecommender
+from recommender.base import Recommender
 from recommender.baselines import (
     ItemKNNRecommender,
     PersonalFrequencyRecommender,
     PopularityRecommender,
 )
-from recommender.base import Recommender
 from recommender.data import IdIndex
 from recommender.interactions import apply_weighting, build_matrix
 from recommender.metrics import evaluate_recommender
@@ -77,9 +77,7 @@ def weighted_matrix(
     cfg: ALSConfig,
     now: pd.Timestamp,
 ) -> sp.csr_matrix:
-    counts = build_matrix(
-        split_train, customers, items, half_life_days=cfg.half_life_days, now=now
-    )
+    counts = build_matrix(split_train, customers, items, half_life_days=cfg.half_life_days, now=now)
     return apply_weighting(counts, cfg.weighting)
 
 

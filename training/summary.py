@@ -22,8 +22,10 @@ def print_summary(result: Any, console: Console) -> None:
     ranking = metrics.get("ranking")
     if ranking:
         w = metrics.get("ranking_window", {})
-        t = Table(title=f"Ranking on the held-out window ({w.get('customers', '?')} customers, "
-                        f"{w.get('start', '?')[:10]} .. {w.get('end', '?')[:10]})")
+        t = Table(
+            title=f"Ranking on the held-out window ({w.get('customers', '?')} customers, "
+            f"{w.get('start', '?')[:10]} .. {w.get('end', '?')[:10]})"
+        )
         t.add_column("model")
         for c in RANK_COLS:
             t.add_column(c, justify="right")
@@ -32,12 +34,23 @@ def print_summary(result: Any, console: Console) -> None:
         console.print(t)
     timing = metrics.get("timing")
     if timing:
-        t = Table(title=f"Next-purchase model over {timing.get('horizon_days', 0):g} days, "
-                        f"{timing.get('window', '')}; P(buy) within "
-                        f"{timing.get('p_horizon_days', 0):g} days "
-                        f"({timing.get('customers', '?')} customers; model {timing.get('model')})")
-        cols = ("rmse", "mae", "msle", "total_predicted", "total_actual", "relative_bias",
-                "brier", "log_loss", "auc")
+        t = Table(
+            title=f"Next-purchase model over {timing.get('horizon_days', 0):g} days, "
+            f"{timing.get('window', '')}; P(buy) within "
+            f"{timing.get('p_horizon_days', 0):g} days "
+            f"({timing.get('customers', '?')} customers; model {timing.get('model')})"
+        )
+        cols = (
+            "rmse",
+            "mae",
+            "msle",
+            "total_predicted",
+            "total_actual",
+            "relative_bias",
+            "brier",
+            "log_loss",
+            "auc",
+        )
         t.add_column("estimator")
         for c in cols:
             t.add_column(c, justify="right")
@@ -49,7 +62,9 @@ def print_summary(result: Any, console: Console) -> None:
         console.print(t)
     ba = metrics.get("buy_again")
     if ba and ba.get("customers"):
-        t = Table(title=f"Buy-again list on repeat items in the window ({ba['customers']} customers)")
+        t = Table(
+            title=f"Buy-again list on repeat items in the window ({ba['customers']} customers)"
+        )
         t.add_column("list")
         t.add_column(f"recall@{ba['k']}", justify="right")
         t.add_column(f"ndcg@{ba['k']}", justify="right")
@@ -62,15 +77,25 @@ def print_summary(result: Any, console: Console) -> None:
     console.print(
         f"Data: {d.get('rows', 0):,} rows kept of {v.get('rows_read', 0):,} read "
         f"({v.get('rows_dropped', 0):,} dropped), {d.get('customers', 0):,} customers, "
-        f"{d.get('items', 0):,} items, {str(d.get('time_min'))[:10]} .. {str(d.get('time_max'))[:10]}",
+        f"{d.get('items', 0):,} items, "
+        f"{str(d.get('time_min'))[:10]} .. {str(d.get('time_max'))[:10]}",
         markup=False,
     )
     chosen = m.get("config", {}).get("als_chosen", {})
     if m.get("components", {}).get("als"):
         console.print(
-            "ALS: " + ", ".join(f"{k}={chosen.get(k)}" for k in
-                                ("factors", "regularization", "alpha", "iterations", "weighting",
-                                 "half_life_days")),
+            "ALS: "
+            + ", ".join(
+                f"{k}={chosen.get(k)}"
+                for k in (
+                    "factors",
+                    "regularization",
+                    "alpha",
+                    "iterations",
+                    "weighting",
+                    "half_life_days",
+                )
+            ),
             markup=False,
         )
     for w in m.get("warnings", []):

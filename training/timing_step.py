@@ -74,14 +74,16 @@ def fit_timing_models(
     if fut_c is not None:
         assert fut_days is not None and fut_i is not None
         # through the last day with data after --as-of, inclusive
-        eval_h = float(cfg.timing_horizon_days or min(np.floor(fut_days.max() - end_day) + 1, 365.0))
+        eval_h = float(
+            cfg.timing_horizon_days or min(np.floor(fut_days.max() - end_day) + 1, 365.0)
+        )
         eval_cut = end_day
-        ev_c, ev_i, ev_days = fut_c, fut_i, fut_days
+        ev_c, ev_days = fut_c, fut_days
         window_kind = "after --as-of (backtest of the published model)"
     else:
         eval_h = horizon
         eval_cut = end_day - horizon
-        ev_c, ev_i, ev_days = cust_codes, item_codes, days
+        ev_c, ev_days = cust_codes, days
         window_kind = "last window of the log (model refitted without it)"
     p_h = float(cfg.timing_p_horizon_days or eval_h)
 
@@ -130,12 +132,19 @@ def fit_timing_models(
                     np.concatenate([hist_c, fut_c[fut_i >= 0]]),
                     np.concatenate([hist_i, fut_i[fut_i >= 0]]),
                     np.concatenate([hist_d, fut_days[fut_i >= 0]]),
-                    eval_cut, eval_h, n_c, n_i,
+                    eval_cut,
+                    eval_h,
+                    n_c,
+                    n_i,
                 )
             elif fut_c is None and (before & ok).any():
                 ev = RepurchaseModel().fit(
-                    cust_codes[before & ok], item_codes[before & ok], days[before & ok],
-                    eval_cut, n_c, n_i,
+                    cust_codes[before & ok],
+                    item_codes[before & ok],
+                    days[before & ok],
+                    eval_cut,
+                    n_c,
+                    n_i,
                 )
                 metrics["buy_again"] = _judge_buy_again(
                     ev, cust_codes[ok], item_codes[ok], days[ok], eval_cut, eval_h, n_c, n_i

@@ -519,3 +519,22 @@ def test_wrapper_without_holdout_and_failures():
         PurchaseTimingModel().fit(np.arange(20), np.linspace(0, 50, 20), 60.0)
     with pytest.raises(ValueError):
         PurchaseTimingModel(candidates=("weibull",)).fit(codes, days, CAL_END, n)
+
+
+@pytest.mark.parametrize("cls", [BGNBD, ParetoNBD, MBGNBD])
+def test_large_batches_equal_small_batches(cls, cdnow):
+    """Big inputs evaluate special functions once per distinct row; same answers."""
+    m = cls().fit(cdnow["x"], cdnow["t_x"], cdnow["T"])
+    x, t_x, T = (np.tile(cdnow[k], 2) for k in ("x", "t_x", "T"))
+    assert x.size > 2048
+    for f in (
+        lambda *a: m.expected_purchases(39.0, *a),
+        lambda *a: m.p_purchase_within(13.0, *a),
+        m.median_time_to_next,
+        m.p_alive,
+    ):
+        big = f(x, t_x, T)
+        small = np.concatenate(
+            [f(x[i : i + 1000], t_x[i : i + 1000], T[i : i + 1000]) for i in range(0, x.size, 1000)]
+        )
+        np.testing.assert_array_equal(big, small)

@@ -406,6 +406,11 @@ class RepurchaseModel:
         arrays = {
             name.rstrip("_"): np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS
         }
+        # A bundle holds only finite numbers: items that are not repurchase
+        # items (cycle = inf) are stored as 0 and restored from the mask.
+        cycle = arrays["item_cycle_days"].astype(np.float64, copy=True)
+        cycle[~np.isfinite(cycle)] = 0.0
+        arrays["item_cycle_days"] = cycle
         return meta, arrays
 
     @classmethod
@@ -428,6 +433,10 @@ class RepurchaseModel:
         except (KeyError, TypeError, ValueError) as exc:
             raise RepurchaseStateError(f"malformed repurchase state: {exc}") from exc
         obj.is_repurchase_item_ = obj.is_repurchase_item_.astype(bool)
+        cycle = np.asarray(obj.item_cycle_days_, dtype=np.float64).copy()
+        if cycle.shape == obj.is_repurchase_item_.shape:
+            cycle[~obj.is_repurchase_item_] = np.inf
+        obj.item_cycle_days_ = cycle
         obj._check_state()
         return obj
 

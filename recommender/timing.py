@@ -432,9 +432,11 @@ class _TimingModel:
         Parameters
         ----------
         penalizer : float
-            L2 penalty ``penalizer * sum(params**2)`` added to the mean negative
-            log-likelihood per customer (as in the ``lifetimes`` package);
-            0 gives the plain maximum-likelihood estimate.
+            L2 penalty on the log-parameters, ``penalizer * sum(log(params)**2)``,
+            added to the mean negative log-likelihood per customer. Unlike a
+            penalty on the raw parameters (the ``lifetimes`` package) it keeps
+            a parameter from running off towards 0 as well as towards
+            infinity. 0 gives the plain maximum-likelihood estimate.
         max_iter : int
             Iteration cap of the optimiser.
         tol : float
@@ -544,12 +546,12 @@ class _TimingModel:
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray] | float:
             p = np.exp(theta)
             ll, g = self._loglik(p, xu, tu, Tu, grad=self.has_gradient)
-            f = -float(wu @ ll) / n_total + pen * float(p @ p)
+            f = -float(wu @ ll) / n_total + pen * float(theta @ theta)
             if not math.isfinite(f):
                 f = 1e100
             if self.has_gradient:
                 assert g is not None
-                grad = -(wu @ g) / n_total + 2.0 * pen * p * p
+                grad = -(wu @ g) / n_total + 2.0 * pen * theta
                 if not np.all(np.isfinite(grad)):
                     grad = np.zeros_like(theta)
                 return f, grad
@@ -1024,6 +1026,10 @@ _SELECTION_METRICS = {
 }
 
 
+#: L2 penalty retried when an unpenalised fit diverges (see ``_fit_one``).
+FALLBACK_PENALIZER = 1e-2
+
+
 class PurchaseTimingModel:
     """Next-purchase timing for every customer, choosing among the BTYD models.
 
@@ -1091,7 +1097,17 @@ class PurchaseTimingModel:
     def _fit_one(self, name: str, summary: PurchaseSummary) -> _TimingModel:
         x, t_x, T = summary.in_units(self.unit_days)
         h = summary.has_history
-        return MODELS[name](penalizer=self.penalizer).fit(x[h], t_x[h], T[h])
+        try:
+            return MODELS[name](penalizer=self.penalizer).fit(x[h], t_x[h], T[h])
+        except TimingFitError as exc:
+            if "diverged" not in str(exc) or self.penalizer >= FALLBACK_PENALIZER:
+                raise
+        # A shop where hardly anyone visibly churns drives the dropout
+        # parameters to infinity (the data do not identify them); a small L2
+        # penalty keeps them finite, which is what "nearly no dropout" means.
+        model = MODELS[name](penalizer=FALLBACK_PENALIZER).fit(x[h], t_x[h], T[h])
+        model.penalized_ = True
+        return model
 
     def fit(
         self,

@@ -1026,6 +1026,17 @@ _SELECTION_METRICS = {
 }
 
 
+#: A median further away than this is reported as ``inf`` (no date): a "next
+#: purchase" years out is a model extrapolation no one can act on.
+MAX_MEDIAN_DAYS = 365.0
+
+
+def _cap_median(days: np.ndarray) -> np.ndarray:
+    out = np.asarray(days, dtype=np.float64).copy()
+    out[~(out <= MAX_MEDIAN_DAYS)] = np.inf
+    return out
+
+
 #: L2 penalty retried when an unpenalised fit diverges (see ``_fit_one``).
 FALLBACK_PENALIZER = 1e-2
 
@@ -1293,7 +1304,8 @@ class PurchaseTimingModel:
             ``median_days_to_next`` (median days to the next purchase given
             the customer is active; ``np.inf`` when ``p_active <
             p_alive_floor`` or when an active customer is more likely to leave
-            than to buy again) and ``has_history``. Customers without history
+            than to buy again, or when the median is more than
+            :data:`MAX_MEDIAN_DAYS` away) and ``has_history``. Customers without history
             get the predictions of a customer whose first purchase is on the
             as-of day (the population prior); mask them with ``has_history``.
         """
@@ -1307,8 +1319,9 @@ class PurchaseTimingModel:
             "p_active": m.p_alive(x, t_x, T),
             "expected_purchases": m.expected_purchases(t, x, t_x, T),
             "p_purchase": m.p_purchase_within(t, x, t_x, T),
-            "median_days_to_next": m.median_time_to_next(x, t_x, T, self.p_alive_floor)
-            * self.unit_days,
+            "median_days_to_next": _cap_median(
+                m.median_time_to_next(x, t_x, T, self.p_alive_floor) * self.unit_days
+            ),
             "has_history": has.copy(),
         }
 

@@ -270,7 +270,10 @@ def generate_shop(
         while t < days:
             k = 1 + min(rng.poisson(0.6), 3)
             items = pick(c, t, k)
+            mine = {a[1] for a in adopted}
             for it in items:
+                if int(it) in mine:
+                    continue  # already rebought on its own cycle
                 lines_c.append(c)
                 lines_i.append(int(it))
                 lines_t.append(t)

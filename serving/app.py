@@ -1,0 +1,117 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from threadpoolctl import threadpool_limits
+
+from serving.routes import customers, items, recommendations, system, ui
+from serving.settings import ServingSettings
+from serving.state import ModelStore
+
+log = logging.getLogger("encore.serving")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    """Build the app; the model is loaded in the lifespan and reloaded in the background."""
+    settings = settings or ServingSettings()
+    # Scoring is BLAS-bound: several BLAS threads per worker fight over the
+    # cores under concurrent requests and make every call slower.
+    threadpool_limits(settings.blas_threads)
+    store = ModelStore(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store.start()
+        if store.engine is None:
+            log.warning("started without a model; /readyz is 503 until one is published")
+        yield
+        store.stop()
+
+    app = FastAPI(
+        title="Encore",
+        version="1",
+        summary="Recommendations and next-purchase timing from a shop's order history.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.settings = settings
+    registry = CollectorRegistry()
+    app.state.registry = registry
+    requests = Counter(
+        "encore_requests",
+        "Requests by route and status",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "encore_request_seconds",
+        "Request latency by route",
+        ["route", "method"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        registry=registry,
+    )
+    version_info = Gauge(
+        "encore_model_info", "Served model version (value 1)", ["version"], registry=registry
+    )
+    reloads = Gauge(
+        "encore_model_reloads", "Model loads by outcome", ["outcome"], registry=registry
+    )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            latency.labels(path, request.method).observe(time.perf_counter() - t0)
+            requests.labels(path, request.method, str(status)).inc()
+            version_info.clear()
+            if store.version:
+                version_info.labels(store.version).set(1)
+            reloads.labels("ok").set(store.reloads_ok)
+            reloads.labels("failed").set(store.reloads_failed)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: log it with the traceback, answer without one.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+    for module in (recommendations, customers, items, system, ui):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,119 @@
+"""Request and response models of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+#: Ids are 1-256 characters of letters, digits and ``- _ . : @ + /`` — enough
+#: for every shop id format seen in practice, and safe to echo in a message.
+ID_PATTERN = r"^[A-Za-z0-9_.:@+/\-]{1,256}$"
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=256)]
+Strategy = Literal["personalized", "folded_in", "popular"]
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class Item(BaseModel):
+    item_id: str
+    title: str | None = None
+    category: str | None = None
+    price: float | None = None
+    available: bool = True
+
+
+class Recommendation(Item):
+    rank: int
+    score: float
+    reason: str = Field(
+        description="why this pick: 'similar to ...', 'popular in ...', 'due to rebuy'"
+    )
+
+
+class Recommendations(BaseModel):
+    customer_id: str | None
+    strategy: Strategy = Field(description="which strategy answered")
+    model_version: str
+    items: list[Recommendation]
+    ignored_items: list[str] = Field(default_factory=list)
+
+
+class RecommendRequest(BaseModel):
+    customer_id: Id | None = None
+    recent_items: list[Id] = Field(default_factory=list, max_length=500)
+    k: int = Field(default=10, ge=1, le=1000)
+    category: list[str] | None = Field(default=None, max_length=50)
+    exclude_items: list[Id] = Field(default_factory=list, max_length=1000)
+    exclude_purchased: bool = True
+    available_only: bool | None = None
+
+
+class BatchRequest(BaseModel):
+    customer_ids: list[Id] = Field(min_length=1, max_length=1000)
+    k: int = Field(default=10, ge=1, le=1000)
+    category: list[str] | None = Field(default=None, max_length=50)
+    exclude_items: list[Id] = Field(default_factory=list, max_length=1000)
+    exclude_purchased: bool = True
+    available_only: bool | None = None
+
+
+class BatchResponse(BaseModel):
+    model_version: str
+    results: list[Recommendations]
+
+
+class BuyAgainItem(Item):
+    probability: float
+    cycle_days: float | None
+    days_since_last: float
+    reason: str
+
+
+class BuyAgain(BaseModel):
+    customer_id: str
+    within_days: float
+    model_version: str
+    items: list[BuyAgainItem]
+
+
+class NextPurchase(BaseModel):
+    customer_id: str
+    horizon_days: float
+    as_of: str
+    p_active: float = Field(description="probability the customer is still a customer")
+    expected_purchases: float = Field(description="expected purchases within the horizon")
+    p_purchase: float = Field(description="probability of at least one purchase within it")
+    median_days_to_next: float | None
+    next_purchase_date: str | None
+    note: str | None = None
+    model_version: str
+
+
+class SimilarItem(Item):
+    similarity: float
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[SimilarItem]
+
+
+class ModelInfo(BaseModel):
+    version: str
+    created_at: str | None
+    as_of: str | None
+    components: dict[str, bool]
+    data: dict[str, Any]
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    reloads: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    version: str | None = None
+    detail: str | None = None

@@ -1,0 +1,34 @@
+"""Serving settings, overridable from the environment (``ENCORE_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """Settings of the serving app; each can be set as ``ENCORE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="ENCORE_", extra="ignore")
+
+    models_dir: Path = Field(default=Path("models"))
+    """Artifact store written by ``encore train``; the app serves its ``current``."""
+    reload_interval_s: float = Field(default=10.0, ge=0)
+    """How often to look for a newly published version (0 turns polling off)."""
+    admin_token: SecretStr | None = None
+    """Bearer token for ``POST /v1/admin/reload``; unset disables the endpoint."""
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    """Most customers in one batch request."""
+    blas_threads: int = Field(default=1, ge=1)
+    """BLAS threads per worker; more than one oversubscribes the cores under load."""
+    verify_hashes: bool = True
+    """Check every file's sha256 before serving a version."""
+    due_probability_horizon_days: float = Field(default=30.0, gt=0)
+    """Window in which a rebuy counts as "due" for the reason shown with a pick."""
+
+    @field_validator("models_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()

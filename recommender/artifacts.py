@@ -140,6 +140,11 @@ class VersionWriter:
             k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in clean.items()
         }
 
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Save an opaque file (e.g. a PNG report); hashed like the others."""
+        with open(self._path(name), "wb") as fh:
+            fh.write(data)
+
     def write_json(self, name: str, obj: Any) -> None:
         with open(self._path(name), "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, sort_keys=True, allow_nan=False)

@@ -15,6 +15,7 @@ Files in a version directory (schema version 1):
 ``topn.npz``        precomputed top-N item rows and scores per customer (optional)
 ``timing.json/npz`` next-purchase-time model state (optional)
 ``repurchase.json/npz`` buy-it-again model state (optional)
+``*.png``           reports for people (the timing model's calibration plot)
 ==================  =========================================================
 """
 
@@ -129,6 +130,7 @@ def save_bundle(
     timing: Any | None = None,
     repurchase: Any | None = None,
     version: str | None = None,
+    reports: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a complete version atomically and return its directory.
 
@@ -181,6 +183,8 @@ def save_bundle(
             meta, arrays = repurchase.to_state()
             w.write_json("repurchase.json", meta)
             w.write_arrays("repurchase.npz", arrays)
+        for name, data in (reports or {}).items():
+            w.write_bytes(name, data)
         full = dict(manifest)
         full["components"] = components
         full["shape"] = {"customers": n_c, "items": n_i}

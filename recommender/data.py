@@ -60,7 +60,7 @@ _REASON_TEXT = {
     "non_positive_quantity": "quantity is zero or negative (a return or cancellation)",
     "invalid_price": "price is not a non-negative number",
     "unknown_event": "event is not one of the configured event types",
-    "after_as_of": "time is after the --as-of date",
+    "after_as_of": "time is after the --as-of date (or, without --as-of, after today)",
     "duplicate": "row is an exact duplicate of an earlier row",
 }
 

@@ -135,10 +135,11 @@ def train(
         say(f"[warn] {msg}")
 
     with _step("load and check the log", timings, say):
+        # Without --as-of, rows stamped after today are clock errors: count and drop them.
         tx = load_transactions(
             transactions,
             columns=columns,
-            as_of=as_of,
+            as_of=as_of or pd.Timestamp.now(tz="UTC").tz_localize(None).normalize(),
             strict=strict,
             event_weights=event_weights,
             time_format=time_format,
@@ -267,7 +268,7 @@ def train(
         from training.timing_step import fit_timing_models
 
         with _step("fit next-purchase and buy-again models", timings, say):
-            future = tx.future
+            future = tx.future if as_of else None
             if future is not None and tx.has_events:
                 future = future[future["event"].isin(PURCHASE_EVENTS)]
             timing_model, repurchase_model, timing_metrics = fit_timing_models(
@@ -275,6 +276,9 @@ def train(
             )
         metrics.update(timing_metrics)
 
+    reports: dict[str, bytes] = {}
+    if "timing" in metrics and "_calibration_png" in metrics["timing"]:
+        reports["timing_calibration.png"] = metrics["timing"].pop("_calibration_png")
     history = build_matrix(purchases.assign(weight=1.0), customers, items)
     popularity = recent_popularity(purchases, customers, items, end, cfg.popularity_days)
     catalog = Catalog.from_frame(catalog_frame, items)
@@ -319,6 +323,7 @@ def train(
             topn=topn,
             timing=timing_model,
             repurchase=repurchase_model,
+            reports=reports,
         )
         # Read back exactly what serving will read before anyone is pointed at it.
         bundle = load_bundle_dir(path)

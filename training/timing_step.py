@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,12 @@ from recommender.data import IdIndex
 from recommender.metrics import ndcg_at_k, recall_at_k
 from recommender.repurchase import RepurchaseModel
 from recommender.timing import PurchaseTimingModel
-from recommender.timing_metrics import evaluate_timing, naive_baselines
+from recommender.timing_metrics import (
+    calibration_table,
+    evaluate_timing,
+    naive_baselines,
+    plot_calibration,
+)
 from training.config import TrainConfig
 
 
@@ -186,6 +193,13 @@ def _judge_timing(
         for name, base in baselines.items()
     }
     out = evaluate_timing(pred["expected_purchases"], actual, p, bought, baselines=baselines)
+    out["calibration"] = calibration_table(p, bought)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_calibration(
+            p, bought, Path(tmp) / "cal.png",
+            title=f"P(buy within {p_horizon:g} days): predicted vs observed",
+        )
+        out["_calibration_png"] = png.read_bytes()
     out["horizon_days"] = horizon
     out["p_horizon_days"] = p_horizon
     out["customers"] = int(len(rows))

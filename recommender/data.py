@@ -598,14 +598,13 @@ def load_catalog(
         "rows_read": int(len(raw)),
         "dropped": {"missing_item_id": int(missing.sum()), "duplicate_item_id": int(dup.sum())},
     }
-    for name, mask in (("missing_item_id", missing), ("duplicate_item_id", dup)):
-        if strict and mask.any():
-            first = int(np.flatnonzero(mask)[0])
-            line = f" (line {first + 2})" if has_lines else ""
-            raise DataError(
-                f"{source}: row {first + 1}{line}, column '{resolved['item_id']}': "
-                f"{name.replace('_', ' ')} (--strict)"
-            )
+    if strict and (missing.any() or dup.any()):
+        first = int(np.flatnonzero(missing | dup)[0])
+        name = "missing item id" if missing[first] else "duplicate item id"
+        line = f" (line {first + 2})" if has_lines else ""
+        raise DataError(
+            f"{source}: row {first + 1}{line}, column '{resolved['item_id']}': {name} (--strict)"
+        )
     keep = ~(missing | dup)
     out = pd.DataFrame({"item_id": ids[keep].astype(str).to_numpy()})
     for name in ("title", "category"):

@@ -196,7 +196,9 @@ def _judge_timing(
     out["calibration"] = calibration_table(p, bought)
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_calibration(
-            p, bought, Path(tmp) / "cal.png",
+            p,
+            bought,
+            Path(tmp) / "cal.png",
             title=f"P(buy within {p_horizon:g} days): predicted vs observed",
         )
         out["_calibration_png"] = png.read_bytes()

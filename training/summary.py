@@ -68,7 +68,7 @@ def print_summary(result: Any, console: Console) -> None:
         t.add_column("list")
         t.add_column(f"recall@{ba['k']}", justify="right")
         t.add_column(f"ndcg@{ba['k']}", justify="right")
-        for name in ("buy_again", "personal_frequency"):
+        for name in ("buy_again", "buy_again_due_only", "personal_frequency"):
             row = ba[name]
             t.add_row(name, _f(row[f"recall@{ba['k']}"]), _f(row[f"ndcg@{ba['k']}"]))
         console.print(t)

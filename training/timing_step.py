@@ -109,7 +109,12 @@ def fit_timing_models(
             evaluated = None
             warn("next-purchase model not evaluated: no purchase before the evaluation window")
         else:
-            evaluated = make_timing(eval_cut).fit(cust_codes[before], days[before], eval_cut, n_c)
+            # Judge the published choice of model, refitted without the window (the
+            # selection among candidates itself already used a held-out window).
+            chosen = (timing.model_name_,) if timing is not None else None
+            evaluated = (
+                PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
+            ).fit(cust_codes[before], days[before], eval_cut, n_c)
         if evaluated is not None:
             judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
             judged["window"] = window_kind
@@ -121,7 +126,7 @@ def fit_timing_models(
     ok = item_codes >= 0
     if n_i >= 2:
         try:
-            repurchase = RepurchaseModel().fit(
+            repurchase = RepurchaseModel(min_customer_purchases=1).fit(
                 cust_codes[ok], item_codes[ok], days[ok], end_day, n_c, n_i
             )
             if not np.asarray(repurchase.is_repurchase_item_).any():
@@ -145,7 +150,7 @@ def fit_timing_models(
                     n_i,
                 )
             elif fut_c is None and (before & ok).any():
-                ev = RepurchaseModel().fit(
+                ev = RepurchaseModel(min_customer_purchases=1).fit(
                     cust_codes[before & ok],
                     item_codes[before & ok],
                     days[before & ok],
@@ -240,12 +245,21 @@ def _judge_buy_again(
     if rows.size == 0:
         return {"customers": 0}
     scores = model.score_customers(rows, horizon).tocsr()
-    ranked_model = _top_from_sparse(scores, k)
+    ranked_only = _top_from_sparse(scores, k)
+    # The list a shop shows: items due by probability, then the rest of the
+    # customer's history by how often they bought it.
+    h = hist[rows].tocsr().astype(np.float64)
+    h.data = h.data / (h.data.max(initial=0.0) + 1.0) * 1e-3
+    ranked_model = _top_from_sparse((scores + h).tocsr(), k)
     # personal frequency: own most-bought items, ties by recency of nothing (stable)
     ranked_pf = _top_from_sparse(hist[rows], k)
     rel = repeat[rows]
     out = {"customers": int(rows.size), "k": k}
-    for name, ranked in (("buy_again", ranked_model), ("personal_frequency", ranked_pf)):
+    for name, ranked in (
+        ("buy_again", ranked_model),
+        ("buy_again_due_only", ranked_only),
+        ("personal_frequency", ranked_pf),
+    ):
         out[name] = {
             f"recall@{k}": float(np.nanmean(recall_at_k(ranked, rel, k))),
             f"ndcg@{k}": float(np.nanmean(ndcg_at_k(ranked, rel, k))),

@@ -1068,6 +1068,9 @@ class PurchaseTimingModel:
     probability_horizon_days : float, optional
         Window of the "buys within N days" probability scored on the holdout
         (default ``holdout_days``).
+    selection_sample : int or None
+        Compare candidates on a seeded sample of at most this many customers
+        (the chosen model is then fitted on everyone); None uses all.
     """
 
     def __init__(
@@ -1079,8 +1082,10 @@ class PurchaseTimingModel:
         penalizer: float = 0.0,
         selection_metric: str = "rmse",
         probability_horizon_days: float | None = None,
+        selection_sample: int | None = 100_000,
     ) -> None:
         self.candidates = tuple(candidates)
+        self.selection_sample = selection_sample
         self.holdout_days = holdout_days
         self.unit_days = unit_days
         self.p_alive_floor = p_alive_floor
@@ -1105,9 +1110,11 @@ class PurchaseTimingModel:
         if not (0.0 <= self.p_alive_floor < 1.0):
             raise ValueError("p_alive_floor must be in [0, 1)")
 
-    def _fit_one(self, name: str, summary: PurchaseSummary) -> _TimingModel:
+    def _fit_one(
+        self, name: str, summary: PurchaseSummary, rows: np.ndarray | None = None
+    ) -> _TimingModel:
         x, t_x, T = summary.in_units(self.unit_days)
-        h = summary.has_history
+        h = summary.has_history if rows is None else rows
         try:
             return MODELS[name](penalizer=self.penalizer).fit(x[h], t_x[h], T[h])
         except TimingFitError as exc:
@@ -1169,6 +1176,11 @@ class PurchaseTimingModel:
             cal = summarize_purchases(codes, days, cal_end, n)
             mid = summarize_purchases(codes, days, min(cal_end + ph, float(as_of_day)), n)
             rows = np.flatnonzero(cal.has_history)
+            if self.selection_sample is not None and rows.size > self.selection_sample:
+                # Choosing among candidates needs far fewer customers than the
+                # final fit: a seeded sample keeps selection fast on millions.
+                rng = np.random.default_rng(0)
+                rows = np.sort(rng.choice(rows, size=self.selection_sample, replace=False))
             if rows.size == 0:
                 raise TimingFitError("no customer has a purchase before the holdout window")
             actual = (summary.x - cal.x)[rows].astype(np.float64)
@@ -1184,7 +1196,7 @@ class PurchaseTimingModel:
             scores: dict[str, float] = {}
             for name in self.candidates:
                 try:
-                    m = self._fit_one(name, cal)
+                    m = self._fit_one(name, cal, rows)
                 except TimingFitError as exc:
                     selection["candidates"][name] = {"error": str(exc)}
                     continue

@@ -355,8 +355,10 @@ def remove_stale_temporaries(models_dir: str | Path, older_than_s: float = 6 * 3
 def prune_versions(models_dir: str | Path, keep: int = 5) -> list[str]:
     """Delete the oldest versions beyond ``keep``, never the published one."""
     current = current_version(models_dir)
-    versions = [v for v in list_versions(models_dir) if v != current]
-    excess = max(0, len(versions) - max(keep - 1, 0))
+    all_versions = list_versions(models_dir)
+    versions = [v for v in all_versions if v != current]
+    slots = keep - 1 if current in all_versions else keep
+    excess = max(0, len(versions) - max(slots, 0))
     removed = versions[:excess]
     for v in removed:
         shutil.rmtree(Path(models_dir) / v, ignore_errors=True)

@@ -53,8 +53,8 @@ _REASON_COLUMN = {
 }
 
 _REASON_TEXT = {
-    "missing_customer_id": "customer id is empty",
-    "missing_item_id": "item id is empty",
+    "missing_customer_id": "customer id is empty (or longer than 256 characters)",
+    "missing_item_id": "item id is empty (or longer than 256 characters)",
     "unparseable_timestamp": "time is not an ISO-8601 date/datetime or epoch seconds",
     "unparseable_quantity": "quantity is not a number",
     "non_positive_quantity": "quantity is zero or negative (a return or cancellation)",
@@ -153,6 +153,9 @@ class Transactions:
         h.update(pd.util.hash_pandas_object(f[["customer_id", "item_id"]], index=False).values)
         h.update(f["timestamp"].values.astype("datetime64[s]").astype(np.int64).tobytes())
         h.update(f["quantity"].to_numpy(dtype=np.float64).tobytes())
+        h.update(np.nan_to_num(f["price"].to_numpy(dtype=np.float64), nan=-1.0).tobytes())
+        h.update(f["weight"].to_numpy(dtype=np.float64).tobytes())
+        h.update(pd.util.hash_pandas_object(f["event"], index=False).values)
         return {
             "rows": int(len(f)),
             "customers": int(f["customer_id"].nunique()),
@@ -316,7 +319,7 @@ def parse_timestamps(values: pd.Series, time_format: str | None = None) -> pd.Se
     if pd.api.types.is_datetime64_any_dtype(values):
         if getattr(values.dt, "tz", None) is not None:
             values = values.dt.tz_convert("UTC").dt.tz_localize(None)
-        return values.astype("datetime64[ns]")
+        return _to_ns(values)
     if pd.api.types.is_numeric_dtype(values):
         secs = values.to_numpy(dtype=np.float64, na_value=np.nan)
         secs = np.where(np.abs(secs) < 1e11, secs, np.nan)  # beyond year 5000 is not a time
@@ -324,9 +327,9 @@ def parse_timestamps(values: pd.Series, time_format: str | None = None) -> pd.Se
     text = values.astype("string").str.strip()
     if time_format:
         out = pd.to_datetime(text, format=time_format, errors="coerce", utc=True)
-        return out.dt.tz_localize(None).astype("datetime64[ns]")
+        return _to_ns(out.dt.tz_localize(None))
     parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
-    result = parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    result = _to_ns(parsed.dt.tz_localize(None))
     failed = result.isna().to_numpy() & text.notna().to_numpy()
     if failed.any():
         # ISO-8601 never matches a bare number, so the rest may be epoch seconds.
@@ -337,6 +340,17 @@ def parse_timestamps(values: pd.Series, time_format: str | None = None) -> pd.Se
         epoch = pd.to_datetime(numeric, unit="s", errors="coerce")
         result.loc[failed] = np.asarray(epoch, dtype="datetime64[ns]")
     return result
+
+
+_NS_MIN = pd.Timestamp.min.as_unit("us")
+_NS_MAX = pd.Timestamp.max.as_unit("us")
+
+
+def _to_ns(values: pd.Series) -> pd.Series:
+    """Cast to ``datetime64[ns]``; times outside 1677-2262 (placeholders such as
+    9999-12-31) become NaT, so they are counted as unparseable, not raised."""
+    ok = values.isna() | ((values >= _NS_MIN) & (values <= _NS_MAX))
+    return values.where(ok).astype("datetime64[ns]")
 
 
 def _as_text(values: pd.Series) -> pd.Series:
@@ -350,7 +364,14 @@ def _as_text(values: pd.Series) -> pd.Series:
             "string"
         )
         return out.str.strip()
-    return values.astype("string").str.strip()
+    text = values.astype("string").str.strip()
+    # A whole column of "17850.0" is integer ids that went through a float
+    # (pandas writes a NaN-holding int column that way): read them as "17850",
+    # the same as the typed Parquet path above.
+    sample = text[~_null_mask(text)]
+    if len(sample) and sample.str.fullmatch(r"-?\d+\.0+").all():
+        text = text.str.replace(r"\.0+$", "", regex=True)
+    return text
 
 
 def _as_number(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -476,11 +497,14 @@ def validate_transactions(
 
     has_events = "event" in resolved
     if has_events:
-        weights = dict(
-            event_weights
-            if event_weights is not None
-            else {"purchase": 1.0, "order": 1.0, "cart": 0.5, "view": 0.1}
-        )
+        weights = {
+            str(k).strip().lower(): float(v)
+            for k, v in (
+                event_weights
+                if event_weights is not None
+                else {"purchase": 1.0, "order": 1.0, "cart": 0.5, "view": 0.1}
+            ).items()
+        }
         event = _as_text(col("event")).str.lower()
         mark(~event.isin(list(weights)).to_numpy(dtype=bool, na_value=False), "unknown_event")
         weight = event.map(weights).astype("float64").fillna(0.0)
@@ -584,7 +608,11 @@ def load_catalog(
     """
     source = str(path)
     raw, has_lines = read_table(path, what="item catalog")
-    resolved = _resolve_columns(raw, dict(columns or {}), CATALOG_COLUMNS, source)
+    # --columns is written for the transaction log; apply the entries that name
+    # a column of this file and fall back to canonical names for the rest.
+    present = {str(c).strip() for c in raw.columns}
+    mapping = {k: v for k, v in dict(columns or {}).items() if v in present}
+    resolved = _resolve_columns(raw, mapping, CATALOG_COLUMNS, source)
     if "item_id" not in resolved:
         raise DataError(
             f"{source}: not an item catalog: missing column item_id; columns found: "

@@ -374,12 +374,6 @@ def test_prune_never_removes_the_published_version(tmp_path, fitted):
     assert list_versions(tmp_path) == [names[0]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: prune_versions keeps only keep-1 versions when nothing is published "
-    "(it always reserves a slot for the published one)",
-)
 def test_prune_keeps_keep_versions_when_nothing_is_published(tmp_path, fitted):
     names = [f"2024010{d}T000000Z-000000" for d in range(1, 4)]
     for n in names:

@@ -263,13 +263,6 @@ def test_k_larger_than_the_catalog_is_exit_2(models, tmp_path, capsys):
     assert not (tmp_path / "r.csv").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: training/export.py _TableWriter.close() returns without writing when no "
-    "block was written, so a customer list with a header and no ids makes `recommend` print "
-    "'wrote FILE' while FILE does not exist (the comment promises an empty valid file)",
-)
 def test_empty_customer_list_still_writes_a_file(models, tmp_path):
     ids = tmp_path / "ids.csv"
     ids.write_text("customer_id\n")
@@ -280,13 +273,6 @@ def test_empty_customer_list_still_writes_a_file(models, tmp_path):
     assert rc != 0 or out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: training/export.py export_recommendations calls writer.close() in `finally`, "
-    "and close() renames the .partial file over --out even when a later batch raised, so a "
-    "failed export replaces the previous good file with a half-written one",
-)
 def test_a_failed_export_does_not_replace_the_previous_file(models, tmp_path, monkeypatch):
     out = tmp_path / "r.csv"
     out.write_text("customer_id,rank,item_id,score\nprevious,1,x,1.0\n")

@@ -215,12 +215,6 @@ def test_column_map_errors_are_one_line(tmp_path):
         parse_column_map("shopper=CustomerID")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: float-typed ids read as '17850' from Parquet but '17850.0' from the same "
-    "frame written as CSV (_as_text only normalises float dtypes, CSV columns are text)",
-)
 def test_uci_ids_are_the_same_from_csv_and_parquet_written_by_pandas(tmp_path):
     # pandas writes CustomerID (float because of the missing ids) as 17850.0 in a CSV
     raw = pd.read_csv(pd.io.common.StringIO(UCI_CSV))
@@ -237,13 +231,6 @@ def test_uci_ids_are_the_same_from_csv_and_parquet_written_by_pandas(tmp_path):
 # --- formats and times ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pd.errors.OutOfBoundsDatetime,
-    reason="BUG: parse_timestamps (data.py, astype('datetime64[ns]')) raises "
-    "OutOfBoundsDatetime for dates outside 1677-2262 such as the ERP sentinel 9999-12-31, "
-    "instead of counting the row as unparseable_timestamp",
-)
 @pytest.mark.parametrize("when", ["9999-12-31", "1500-01-01"])
 def test_dates_beyond_the_representable_range_are_counted_not_raised(tmp_path, when):
     p = tmp_path / "t.csv"
@@ -435,12 +422,6 @@ def test_configured_event_weights(tmp_path):
             parse_event_weights(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: data.py lower-cases the event column but not the configured weight names, "
-    "so --event-weights PageView=0.1 drops every PageView row as unknown_event",
-)
 def test_event_weight_names_match_the_file_whatever_their_case(tmp_path):
     p = tmp_path / "e.csv"
     p.write_text(
@@ -527,12 +508,6 @@ def test_fingerprint_changes_when_the_data_changes(change):
     assert _tx(change(raw)).fingerprint()["sha256"] != _tx(raw).fingerprint()["sha256"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Transactions.fingerprint hashes ids, times and quantities but not the event "
-    "column (nor weight/price), so logs that train different models share a fingerprint",
-)
 def test_fingerprint_changes_when_an_event_type_changes():
     raw = pd.DataFrame(
         {

@@ -235,13 +235,6 @@ def test_crash_while_writing_leaves_the_published_version(published_copy, log_pa
     _assert_untouched(models, version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: training/pipeline.py commits the version directory (save_bundle) before the "
-    "read-back check; when load_bundle_dir or the reproduction check fails, the complete but "
-    "unchecked version stays under models/ and is listed by list_versions",
-)
 def test_failed_read_back_leaves_no_new_complete_version(published_copy, log_path, monkeypatch):
     models, version = published_copy
 
@@ -308,13 +301,6 @@ def test_a_log_without_purchases_is_a_training_error(tmp_path):
     assert current_version(tmp_path / "m") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DataError,
-    reason="BUG: training/pipeline.py passes the transaction log's --columns mapping to "
-    "load_catalog, so a UCI-style mapping (item_id=StockCode) makes a catalog with an "
-    "item_id column fail with 'maps item_id to StockCode, which is not a column'",
-)
 def test_column_mapping_for_the_log_does_not_break_a_canonical_catalog(tmp_path):
     log = tmp_path / "retail.csv"
     make_shop().rename(

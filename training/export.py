@@ -57,12 +57,24 @@ class _TableWriter:
             frame.to_csv(self.tmp, mode="w" if self.first else "a", header=self.first, index=False)
         self.first = False
 
-    def close(self) -> None:
+    def close(self, columns: list[str]) -> None:
+        """Finish and move into place (an empty export still gets its header)."""
         if self.writer is not None:
             self.writer.close()
-        if self.first:  # nothing written: still produce a valid empty file
-            return
+        if self.first:
+            self.write(pd.DataFrame({c: pd.Series(dtype=object) for c in columns}))
+            if self.writer is not None:
+                self.writer.close()
         self.tmp.replace(self.out)  # readers never see a half-written export
+
+    def abort(self) -> None:
+        """Drop the partial file; an earlier export at ``out`` stays as it was."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - closing a broken writer is best effort
+                pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def _rows_for(bundle: Bundle, customer_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +117,7 @@ def export_recommendations(
     writer = _TableWriter(out)
     stats = {"personalized": 0, "popular": 0}
     item_ids = bundle.items.ids_
+    columns = ["customer_id", "rank", "item_id", "score"]
     try:
         for sl in _blocks(len(rows), batch_size):
             r, cid = rows[sl], ids[sl]
@@ -130,8 +143,10 @@ def export_recommendations(
                 }
             )
             writer.write(frame)
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(columns)
     return stats
 
 
@@ -158,6 +173,8 @@ def export_next_purchase(
     rows, ids = rows[rows >= 0], ids[rows >= 0]
     as_of = pd.Timestamp(bundle.manifest["as_of"])
     writer = _TableWriter(out)
+    columns = ["customer_id", "p_active", "expected_purchases", "p_purchase",
+               "median_days_to_next", "next_purchase_date"]
     try:
         for sl in _blocks(len(rows), batch_size):
             pred = bundle.timing.predict(horizon_days, rows[sl])
@@ -179,6 +196,8 @@ def export_next_purchase(
                     }
                 )
             )
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(columns)
     return {"customers": int(len(rows)), "unknown": unknown}

@@ -15,6 +15,7 @@ import dataclasses
 import importlib.metadata as md
 import logging
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -325,14 +326,21 @@ def train(
             repurchase=repurchase_model,
             reports=reports,
         )
-        # Read back exactly what serving will read before anyone is pointed at it.
-        bundle = load_bundle_dir(path)
-        if bundle.als is not None and len(customers):
-            probe = np.arange(min(len(customers), 64))
-            a, _ = als_model.recommend(probe, history, k=10) if als_model else (None, None)
-            b, _ = bundle.als.recommend(probe, bundle.history, k=10)
-            if a is not None and not np.array_equal(a, b):
-                raise TrainingError(f"{path}: saved model does not reproduce its recommendations")
+        # Read back exactly what serving will read before anyone is pointed at
+        # it; a version that fails is deleted, never left looking complete.
+        try:
+            bundle = load_bundle_dir(path)
+            if bundle.als is not None and als_model is not None and len(customers):
+                probe = np.arange(min(len(customers), 64))
+                a, _ = als_model.recommend(probe, history, k=10)
+                b, _ = bundle.als.recommend(probe, bundle.history, k=10)
+                if not np.array_equal(a, b):
+                    raise TrainingError(
+                        f"{path}: saved model does not reproduce its recommendations"
+                    )
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
     if do_publish:
         publish(models_dir, path.name)
     return TrainResult(

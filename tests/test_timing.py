@@ -537,4 +537,5 @@ def test_large_batches_equal_small_batches(cls, cdnow):
         small = np.concatenate(
             [f(x[i : i + 1000], t_x[i : i + 1000], T[i : i + 1000]) for i in range(0, x.size, 1000)]
         )
-        np.testing.assert_array_equal(big, small)
+        # equal up to rounding: vectorised kernels may sum in another order
+        np.testing.assert_allclose(big, small, rtol=1e-12, atol=0)

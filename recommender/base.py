@@ -122,9 +122,20 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     mask = scores >= thresh[:, None]
     counts = mask.sum(axis=1)
     crowded = np.flatnonzero(counts > 8 * k + 64)
-    if crowded.size and n_blocks >= 2 * k:
-        exact = np.partition(scores[crowded], n_cols - k, axis=1)[:, n_cols - k]
-        mask[crowded] = scores[crowded] >= exact[:, None]
+    if crowded.size:
+        # Many entries tie at the threshold (e.g. the zeros of a sparse score
+        # row): keep those above the exact k-th value and, of the ties at it,
+        # only the lowest item rows needed to make k, so each row keeps <= k.
+        sub = scores[crowded]
+        exact = thresh[crowded].copy()
+        # the threshold is the exact k-th value unless k entries lie above it
+        over = np.flatnonzero((sub > exact[:, None]).sum(axis=1) >= k)
+        if over.size:
+            exact[over] = np.partition(sub[over], n_cols - k, axis=1)[:, n_cols - k]
+        above = sub > exact[:, None]
+        tied = sub == exact[:, None]
+        room = k - above.sum(axis=1)
+        mask[crowded] = above | (tied & (np.cumsum(tied, axis=1) <= room[:, None]))
     rows, cols = np.nonzero(mask)
     vals = scores[rows, cols]
     order = np.lexsort((cols, -vals, rows))

@@ -237,7 +237,12 @@ def summarize_purchases(
     if codes.size:
         dmin = int(whole.min())
         span = int(whole.max()) - dmin + 1
-        key = np.unique(codes * span + (whole - dmin))  # sorted by customer, then day
+        key = codes * span + (whole - dmin)
+        if key.size > 1 and not np.all(key[1:] > key[:-1]):
+            # distinct (customer, day), sorted by customer then day; a sort is
+            # several times faster than np.unique's hashing on millions of rows
+            key = np.sort(key)
+            key = key[np.r_[True, key[1:] != key[:-1]]]
         cust = key // span
         day = (key % span + dmin).astype(np.float64)
         starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
@@ -1069,8 +1074,14 @@ class PurchaseTimingModel:
         Window of the "buys within N days" probability scored on the holdout
         (default ``holdout_days``).
     selection_sample : int or None
-        Compare candidates on a seeded sample of at most this many customers
-        (the chosen model is then fitted on everyone); None uses all.
+        Compare candidates on a seeded sample of at most this many customers;
+        None uses all.
+    fit_sample : int or None
+        Estimate the chosen model's parameters on a seeded sample of at most
+        this many customers with history (None: all). The parameters describe
+        the population (four numbers); 100,000 customers pin them to well
+        under 1% while the fit stays seconds on millions. Predictions are for
+        every customer either way.
     """
 
     def __init__(
@@ -1083,9 +1094,11 @@ class PurchaseTimingModel:
         selection_metric: str = "rmse",
         probability_horizon_days: float | None = None,
         selection_sample: int | None = 100_000,
+        fit_sample: int | None = 100_000,
     ) -> None:
         self.candidates = tuple(candidates)
         self.selection_sample = selection_sample
+        self.fit_sample = fit_sample
         self.holdout_days = holdout_days
         self.unit_days = unit_days
         self.p_alive_floor = p_alive_floor
@@ -1170,6 +1183,12 @@ class PurchaseTimingModel:
             "unit_days": self.unit_days,
             "candidates": {},
         }
+        fit_rows = None
+        with_history = np.flatnonzero(summary.has_history)
+        if self.fit_sample is not None and with_history.size > self.fit_sample:
+            rng = np.random.default_rng(1)
+            fit_rows = np.sort(rng.choice(with_history, size=self.fit_sample, replace=False))
+            selection["fit_sample"] = int(self.fit_sample)
         if self.holdout_days is not None:
             cal_end = float(as_of_day) - float(self.holdout_days)
             ph = float(self.probability_horizon_days or self.holdout_days)
@@ -1225,7 +1244,7 @@ class PurchaseTimingModel:
             fitted: dict[str, _TimingModel] = {}
             for name in self.candidates:
                 try:
-                    fitted[name] = self._fit_one(name, summary)
+                    fitted[name] = self._fit_one(name, summary, fit_rows)
                 except TimingFitError as exc:
                     selection["candidates"][name] = {"error": str(exc)}
                     continue
@@ -1240,7 +1259,11 @@ class PurchaseTimingModel:
         errors = []
         for name in order:
             try:
-                model = fitted[name] if self.holdout_days is None else self._fit_one(name, summary)
+                model = (
+                    fitted[name]
+                    if self.holdout_days is None
+                    else self._fit_one(name, summary, fit_rows)
+                )
             except TimingFitError as exc:
                 errors.append(f"{name}: {exc}")
                 continue

@@ -94,18 +94,22 @@ def fit_timing_models(
         window_kind = "last window of the log (model refitted without it)"
     p_h = float(cfg.timing_p_horizon_days or eval_h)
 
+    # The timing models see one row per customer and purchase day, sorted:
+    # deduplicated once here instead of in every fit.
+    tc, td = _customer_days(cust_codes, days)
     timing: PurchaseTimingModel | None = None
     try:
-        timing = make_timing(end_day).fit(cust_codes, days, end_day, n_c)
+        timing = make_timing(end_day).fit(tc, td, end_day, n_c)
         metrics["timing_selection"] = timing.selection_
     except Exception as exc:
         warn(f"next-purchase model not published: {exc}")
 
     before = days < eval_cut
+    t_before = td < eval_cut
     try:
         if fut_c is not None:
             evaluated = timing
-        elif before.sum() == 0:
+        elif not t_before.any():
             evaluated = None
             warn("next-purchase model not evaluated: no purchase before the evaluation window")
         else:
@@ -114,7 +118,7 @@ def fit_timing_models(
             chosen = (timing.model_name_,) if timing is not None else None
             evaluated = (
                 PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
-            ).fit(cust_codes[before], days[before], eval_cut, n_c)
+            ).fit(tc[t_before], td[t_before], eval_cut, n_c)
         if evaluated is not None:
             judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
             judged["window"] = window_kind
@@ -148,6 +152,7 @@ def fit_timing_models(
                     eval_h,
                     n_c,
                     n_i,
+                    max_customers=cfg.max_eval_customers,
                 )
             elif fut_c is None and (before & ok).any():
                 ev = RepurchaseModel(min_customer_purchases=1).fit(
@@ -159,11 +164,32 @@ def fit_timing_models(
                     n_i,
                 )
                 metrics["buy_again"] = _judge_buy_again(
-                    ev, cust_codes[ok], item_codes[ok], days[ok], eval_cut, eval_h, n_c, n_i
+                    ev,
+                    cust_codes[ok],
+                    item_codes[ok],
+                    days[ok],
+                    eval_cut,
+                    eval_h,
+                    n_c,
+                    n_i,
+                    max_customers=cfg.max_eval_customers,
                 )
         except Exception as exc:
             warn(f"buy-again model could not be evaluated: {exc}")
     return timing, repurchase, metrics
+
+
+def _customer_days(cust: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (customer, whole day) pairs sorted by customer then day."""
+    if cust.size == 0:
+        return cust.astype(np.int64), days.astype(np.float64)
+    whole = np.floor(days).astype(np.int64)
+    d0 = int(whole.min())
+    span = int(whole.max()) - d0 + 1
+    key = np.sort(cust.astype(np.int64) * span + (whole - d0))
+    key = key[np.r_[True, key[1:] != key[:-1]]]
+    c, d = np.divmod(key, span)
+    return c, (d + d0).astype(np.float64)
 
 
 def _judge_timing(
@@ -224,6 +250,7 @@ def _judge_buy_again(
     n_c: int,
     n_i: int,
     k: int = 10,
+    max_customers: int | None = None,
 ) -> dict[str, Any]:
     """Buy-again list vs personal frequency on repeat items bought in the window."""
     before = days < cut_day
@@ -244,6 +271,9 @@ def _judge_buy_again(
     rows = np.flatnonzero(np.diff(repeat.indptr) > 0)
     if rows.size == 0:
         return {"customers": 0}
+    if max_customers is not None and rows.size > max_customers:
+        # a seeded sample, as for the ranking evaluation
+        rows = np.sort(np.random.default_rng(0).choice(rows, size=max_customers, replace=False))
     scores = model.score_customers(rows, horizon).tocsr()
     ranked_only = _top_from_sparse(scores, k)
     # The list a shop shows: items due by probability, then the rest of the

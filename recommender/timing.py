@@ -39,6 +39,7 @@ to 1998-06-30) and the published parameters and log-likelihoods; see
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -383,6 +384,42 @@ def _on_unique(func: Any, *cols: np.ndarray) -> np.ndarray:
     out = np.empty(order.size)
     out[order] = vals[np.cumsum(new) - 1]
     return out.reshape(shape)
+
+
+_PAIR_CACHE: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
+_PAIR_LOCK = threading.Lock()
+
+
+def _distinct_pairs(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: one flat index per distinct ``(x, t)`` row, and each row's group.
+
+    An optimiser evaluates the likelihood hundreds of times on the same two
+    (never modified) arrays; their grouping is remembered for the last few
+    array objects, held by the cache so that no other array can take their
+    identity.
+    """
+    cacheable = (
+        isinstance(x, np.ndarray) and isinstance(t, np.ndarray) and x.shape == t.shape
+    )
+    if cacheable:
+        with _PAIR_LOCK:
+            for cx, ct, groups in _PAIR_CACHE:
+                if cx is x and ct is t:
+                    return groups
+    xf, tf = (a.ravel() for a in np.broadcast_arrays(np.asarray(x, float), np.asarray(t, float)))
+    if xf.size < 2048:
+        return np.arange(xf.size), np.arange(xf.size)
+    order = np.lexsort((tf, xf))
+    xs, ts = xf[order], tf[order]
+    new = np.r_[True, (xs[1:] != xs[:-1]) | (ts[1:] != ts[:-1])]
+    inverse = np.empty(xf.size, dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    groups = (order[new], inverse)
+    if cacheable:
+        with _PAIR_LOCK:
+            _PAIR_CACHE.append((x, t, groups))
+            del _PAIR_CACHE[:-4]
+    return groups
 
 
 def _gamma_mix_no_event(k: np.ndarray, A: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -911,7 +948,13 @@ class ParetoNBD(_TimingModel):
 
         def log_f(tt: np.ndarray) -> np.ndarray:
             z = d / (base + tt)
-            f2 = _on_unique(lambda b2, cc, zz: hyp2f1(1.0, b2, cc, zz), second, mm + 1.0, z)
+            shape = np.broadcast_shapes(np.shape(x), np.shape(tt), np.shape(second))
+            first, inverse = _distinct_pairs(x, tt)
+
+            def flat(v: Any) -> np.ndarray:
+                return np.broadcast_to(v, shape).ravel()[first]
+
+            f2 = hyp2f1(1.0, flat(second), flat(mm) + 1.0, flat(z))[inverse].reshape(shape)
             return (1.0 - bp) * np.log1p(-z) + np.log(f2) - mm * np.log(base + tt)
 
         lf1 = log_f(t_x)
@@ -1124,12 +1167,20 @@ class PurchaseTimingModel:
             raise ValueError("p_alive_floor must be in [0, 1)")
 
     def _fit_one(
-        self, name: str, summary: PurchaseSummary, rows: np.ndarray | None = None
+        self,
+        name: str,
+        summary: PurchaseSummary,
+        rows: np.ndarray | None = None,
+        start: _TimingModel | None = None,
     ) -> _TimingModel:
         x, t_x, T = summary.in_units(self.unit_days)
         h = summary.has_history if rows is None else rows
+        # warm start from a fit on nearly the same data (fewer iterations)
+        init = dict(start.params_) if start is not None and start.params_ else None
         try:
-            return MODELS[name](penalizer=self.penalizer).fit(x[h], t_x[h], T[h])
+            return MODELS[name](penalizer=self.penalizer, initial_params=init).fit(
+                x[h], t_x[h], T[h]
+            )
         except TimingFitError as exc:
             if "diverged" not in str(exc) or self.penalizer >= FALLBACK_PENALIZER:
                 raise
@@ -1189,6 +1240,8 @@ class PurchaseTimingModel:
             rng = np.random.default_rng(1)
             fit_rows = np.sort(rng.choice(with_history, size=self.fit_sample, replace=False))
             selection["fit_sample"] = int(self.fit_sample)
+        cal_models: dict[str, _TimingModel] = {}
+        self._calibration = None
         if self.holdout_days is not None:
             cal_end = float(as_of_day) - float(self.holdout_days)
             ph = float(self.probability_horizon_days or self.holdout_days)
@@ -1219,6 +1272,7 @@ class PurchaseTimingModel:
                 except TimingFitError as exc:
                     selection["candidates"][name] = {"error": str(exc)}
                     continue
+                cal_models[name] = m
                 ev = evaluate_timing(
                     m.expected_purchases(self.holdout_days / self.unit_days, x, t_x, T),
                     actual,
@@ -1262,7 +1316,7 @@ class PurchaseTimingModel:
                 model = (
                     fitted[name]
                     if self.holdout_days is None
-                    else self._fit_one(name, summary, fit_rows)
+                    else self._fit_one(name, summary, fit_rows, start=cal_models.get(name))
                 )
             except TimingFitError as exc:
                 errors.append(f"{name}: {exc}")
@@ -1272,10 +1326,33 @@ class PurchaseTimingModel:
             raise TimingFitError("chosen timing model failed on all the data: " + "; ".join(errors))
         selection["chosen"] = name
         selection["refit_errors"] = errors
+        if self.holdout_days is not None and name in cal_models:
+            self._calibration = (cal, cal_models[name])
         self.model_ = model
         self.summary_ = summary
         self.selection_ = _jsonable(selection)
         return self
+
+    _calibration: tuple[PurchaseSummary, _TimingModel] | None = None
+
+    def calibration_model(self) -> PurchaseTimingModel | None:
+        """The chosen model as fitted before the holdout window (None without one).
+
+        It never saw the holdout, so judging it there is honest; reusing it
+        saves refitting the chosen model for an evaluation on that window.
+        """
+        if self._calibration is None:
+            return None
+        cal, model = self._calibration
+        out = PurchaseTimingModel(
+            candidates=(model.name,),
+            unit_days=self.unit_days,
+            p_alive_floor=self.p_alive_floor,
+        )
+        out.model_ = model
+        out.summary_ = cal
+        out.selection_ = {"chosen": model.name, "calibration_of": self.selection_.get("chosen")}
+        return out
 
     # -- predictions --------------------------------------------------------
     def _check_fitted(self) -> _TimingModel:

@@ -433,12 +433,13 @@ def test_wrapper_selects_on_holdout_and_refits(wrapper, cdnow):
     assert m.n_customers_ == 2357
     ref = type(m)().fit(cdnow["x"], cdnow["t_x"], cdnow["T"])
     for k, v in ref.params_.items():
-        assert m.params_[k] == pytest.approx(v, rel=1e-6)
+        assert m.params_[k] == pytest.approx(v, rel=1e-5)  # the refit is warm-started
     # public API in days: 273 days == 39 weeks
     pred = wrapper.predict(273.0)
     np.testing.assert_allclose(
         pred["expected_purchases"],
         ref.expected_purchases(39.0, cdnow["x"], cdnow["t_x"], cdnow["T"]),
+        rtol=1e-4,  # same optimum up to the optimiser's tolerance
     )
     np.testing.assert_allclose(
         pred["median_days_to_next"][np.isfinite(pred["median_days_to_next"])],
@@ -446,6 +447,7 @@ def test_wrapper_selects_on_holdout_and_refits(wrapper, cdnow):
         * ref.median_time_to_next(cdnow["x"], cdnow["t_x"], cdnow["T"], 0.1)[
             np.isfinite(pred["median_days_to_next"])
         ],
+        rtol=1e-4,
     )
     for k in ("p_active", "expected_purchases", "p_purchase", "median_days_to_next"):
         assert pred[k].shape == (2357,) and not np.any(np.isnan(pred[k]))

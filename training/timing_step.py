@@ -116,9 +116,12 @@ def fit_timing_models(
             # Judge the published choice of model, refitted without the window (the
             # selection among candidates itself already used a held-out window).
             chosen = (timing.model_name_,) if timing is not None else None
-            evaluated = (
-                PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
-            ).fit(tc[t_before], td[t_before], eval_cut, n_c)
+            evaluated = timing.calibration_model() if timing is not None else None
+            if evaluated is None or evaluated.as_of_day_ != eval_cut:
+                # the selection's calibration fit ended elsewhere: refit
+                evaluated = (
+                    PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
+                ).fit(tc[t_before], td[t_before], eval_cut, n_c)
         if evaluated is not None:
             judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
             judged["window"] = window_kind
@@ -180,7 +183,12 @@ def fit_timing_models(
 
 
 def _customer_days(cust: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (customer, whole day) pairs sorted by customer then day."""
+    """Distinct (customer, whole day) pairs sorted by customer then day.
+
+    Days come back as mid-day (``floor + 0.5``): the models floor them again,
+    and a cut at midnight (``day < cut``, ``day <= cut``) puts each purchase
+    day on the same side as its purchases.
+    """
     if cust.size == 0:
         return cust.astype(np.int64), days.astype(np.float64)
     whole = np.floor(days).astype(np.int64)
@@ -189,7 +197,7 @@ def _customer_days(cust: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.n
     key = np.sort(cust.astype(np.int64) * span + (whole - d0))
     key = key[np.r_[True, key[1:] != key[:-1]]]
     c, d = np.divmod(key, span)
-    return c, (d + d0).astype(np.float64)
+    return c, (d + d0).astype(np.float64) + 0.5
 
 
 def _judge_timing(
@@ -199,6 +207,7 @@ def _judge_timing(
     cut_day: float,
     horizon: float,
     p_horizon: float,
+    max_customers: int | None = 100_000,
 ) -> dict[str, Any]:
     """Predicted vs actual purchases in ``[cut_day, cut_day + horizon)``.
 
@@ -207,6 +216,9 @@ def _judge_timing(
     summary = model.summary_
     rows = np.flatnonzero(np.asarray(summary.has_history))
     n = summary.n_customers
+    if max_customers is not None and rows.size > max_customers:
+        # a seeded sample: totals and rates judged on it, not on millions
+        rows = np.sort(np.random.default_rng(0).choice(rows, size=max_customers, replace=False))
 
     def counts(h: float) -> np.ndarray:
         window = (days >= cut_day) & (days < cut_day + h)

@@ -23,6 +23,8 @@ import json
 import os
 import secrets
 import shutil
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -304,7 +306,7 @@ class VersionReader:
         try:
             with np.load(self._require(name), allow_pickle=False) as npz:
                 out = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError, EOFError, KeyError) as exc:
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise CorruptArtifactError(f"{self.path}: cannot read {name} ({exc})") from None
         expected = self.files[name].get("arrays") or {}
         for k, arr in out.items():

@@ -85,7 +85,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             return response
         finally:
             route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            # path_format is the template without convertors ("{customer_id}", not
+            # "{customer_id:path}"): one label per route, as the OpenAPI schema names it.
+            path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
             latency.labels(path, request.method).observe(time.perf_counter() - t0)
             requests.labels(path, request.method, str(status)).inc()
             version_info.clear()

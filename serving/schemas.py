@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 #: Ids are 1-256 characters of letters, digits and ``- _ . : @ + /`` — enough
 #: for every shop id format seen in practice, and safe to echo in a message.
@@ -42,6 +42,10 @@ class Recommendations(BaseModel):
 
 
 class RecommendRequest(BaseModel):
+    # JSON bodies are taken as typed: `"k": true` or `"available_only": 0` is a
+    # client bug to report (422), not a value to coerce into k=1 or False.
+    model_config = ConfigDict(strict=True)
+
     customer_id: Id | None = None
     recent_items: list[Id] = Field(default_factory=list, max_length=500)
     k: int = Field(default=10, ge=1, le=1000)
@@ -52,6 +56,10 @@ class RecommendRequest(BaseModel):
 
 
 class BatchRequest(BaseModel):
+    # JSON bodies are taken as typed: `"k": true` or `"available_only": 0` is a
+    # client bug to report (422), not a value to coerce into k=1 or False.
+    model_config = ConfigDict(strict=True)
+
     customer_ids: list[Id] = Field(min_length=1, max_length=1000)
     k: int = Field(default=10, ge=1, le=1000)
     category: list[str] | None = Field(default=None, max_length=50)
@@ -90,6 +98,22 @@ class NextPurchase(BaseModel):
     next_purchase_date: str | None
     note: str | None = None
     model_version: str
+
+
+class DueCustomer(BaseModel):
+    customer_id: str
+    p_purchase: float
+    p_active: float
+    expected_purchases: float
+    median_days_to_next: float | None
+    next_purchase_date: str | None
+
+
+class DueCustomers(BaseModel):
+    """The due list as JSON (``format=json``); ``format=csv`` has the same columns."""
+
+    model_version: str
+    customers: list[DueCustomer]
 
 
 class SimilarItem(Item):

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recommender.artifacts import ArtifactError, current_version
+from recommender.artifacts import current_version
 from recommender.bundle import load_bundle
 from serving.engine import Engine
 from serving.settings import ServingSettings
@@ -83,7 +83,10 @@ class ModelStore:
                     self.settings.models_dir, wanted, verify_hashes=self.settings.verify_hashes
                 )
                 engine = Engine(bundle, due_days=self.settings.due_probability_horizon_days)
-            except (ArtifactError, ValueError, OSError, KeyError) as exc:
+            except Exception as exc:
+                # Whatever stops a version from loading (named artifact errors, but
+                # also e.g. zipfile.BadZipFile from damaged bytes when hashes are not
+                # verified) refuses that version; the served one stays.
                 self._refused.add(wanted)
                 self.reloads_failed += 1
                 ev = LoadEvent(wanted, False, f"refused version {wanted}: {exc}")

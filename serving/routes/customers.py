@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -11,10 +11,17 @@ from fastapi.responses import Response
 
 from serving.deps import EngineDep
 from serving.engine import Engine, EngineError
-from serving.schemas import ID_PATTERN, BuyAgain, BuyAgainItem, Error, NextPurchase
+from serving.schemas import (
+    ID_PATTERN,
+    BuyAgain,
+    BuyAgainItem,
+    DueCustomers,
+    Error,
+    NextPurchase,
+)
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Error},
     409: {"model": Error},
     422: {"model": Error},
@@ -32,7 +39,18 @@ def _row(engine: Engine, customer_id: str) -> int:
     return row
 
 
-@router.get("/due", responses=ERRORS, summary="Customers due to buy (for campaigns)")
+@router.get(
+    "/due",
+    responses={
+        **ERRORS,
+        200: {
+            "model": DueCustomers,
+            "description": "CSV download (default) or JSON",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+    },
+    summary="Customers due to buy (for campaigns)",
+)
 def due_customers(
     engine: EngineDep,
     within_days: Annotated[float, Query(gt=0, le=3650)] = 30.0,
@@ -65,7 +83,7 @@ def due_customers(
 
 
 @router.get(
-    "/{customer_id}/buy-again",
+    "/{customer_id:path}/buy-again",
     response_model=BuyAgain,
     responses=ERRORS,
     summary="Repurchase items due for this customer",
@@ -102,7 +120,7 @@ def buy_again(
 
 
 @router.get(
-    "/{customer_id}/next-purchase",
+    "/{customer_id:path}/next-purchase",
     response_model=NextPurchase,
     responses=ERRORS,
     summary="When will this customer buy again",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
@@ -19,7 +19,11 @@ from serving.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
-ERRORS = {400: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error},
+    422: {"model": Error},
+    503: {"model": Error},
+}
 
 
 def to_items(engine: Engine, picks: list[Pick]) -> list[Recommendation]:
@@ -34,7 +38,7 @@ def _raise(exc: EngineError) -> None:
 
 
 @router.get(
-    "/customers/{customer_id}/recommendations",
+    "/customers/{customer_id:path}/recommendations",
     response_model=Recommendations,
     responses=ERRORS,
     summary="Guess you like: top-k picks for a customer",

@@ -66,7 +66,12 @@ def metrics(request: Request) -> Response:
 @router.post(
     "/v1/admin/reload",
     response_model=Health,
-    responses={401: {"model": Error}, 403: {"model": Error}, 409: {"model": Error}},
+    responses={
+        401: {"model": Error},
+        403: {"model": Error},
+        409: {"model": Error},
+        422: {"model": Error},
+    },
     summary="Load the published version now (bearer token from ENCORE_ADMIN_TOKEN)",
 )
 async def admin_reload(

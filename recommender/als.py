@@ -127,7 +127,7 @@ class ALSRecommender(Recommender):
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         check_factors(self.user_factors_, "user")
         check_factors(self.item_factors_, "item")
-        self._yty = None
+        self._yty: np.ndarray | None = None
         return self
 
     @classmethod
@@ -189,7 +189,7 @@ class ALSRecommender(Recommender):
     def gram(self) -> np.ndarray:
         """``Y^T Y`` of the item factors (float64), cached."""
         self._check_fitted("item_factors_")
-        cached = getattr(self, "_yty", None)
+        cached: np.ndarray | None = getattr(self, "_yty", None)
         if cached is None:
             assert self.item_factors_ is not None
             y = self.item_factors_.astype(np.float64)

@@ -137,7 +137,7 @@ class VersionWriter:
             if v.dtype == object:
                 raise TypeError(f"{name}:{k}: object arrays would need pickle")
         with open(self._path(name), "wb") as fh:
-            np.savez(fh, **clean)
+            np.savez(fh, **clean)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
         self.shapes[name] = {
             k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in clean.items()
         }

@@ -397,8 +397,8 @@ def generate_interactions(
         seg = w[starts[g] : starts[g + 1]]
         cum[starts[g] : starts[g + 1]] = g + np.cumsum(seg) / seg.sum()
     own = rng.random(n_interactions) < 0.8
-    g = cust_group[cust]
-    pos = np.searchsorted(cum, g + rng.random(n_interactions) * (1 - 1e-12))
+    grp = cust_group[cust]
+    pos = np.searchsorted(cum, grp + rng.random(n_interactions) * (1 - 1e-12))
     pos = np.minimum(pos, n_items - 1)
     item_from_group = order[pos]
     global_w = np.empty(n_items)

@@ -461,6 +461,8 @@ class _TimingModel:
     converged_: bool
     #: Number of customers (sum of weights) the model was fitted on.
     n_customers_: int
+    #: True when the fit needed the fallback penalty (no visible churn).
+    penalized_: bool = False
 
     def __init__(
         self,
@@ -1325,6 +1327,7 @@ class PurchaseTimingModel:
         else:
             raise TimingFitError("chosen timing model failed on all the data: " + "; ".join(errors))
         selection["chosen"] = name
+        selection["penalized"] = bool(model.penalized_)
         selection["refit_errors"] = errors
         if self.holdout_days is not None and name in cal_models:
             self._calibration = (cal, cal_models[name])

@@ -296,7 +296,7 @@ def _judge_buy_again(
     # personal frequency: own most-bought items, ties by recency of nothing (stable)
     ranked_pf = _top_from_sparse(hist[rows], k)
     rel = repeat[rows]
-    out = {"customers": int(rows.size), "k": k}
+    out: dict[str, Any] = {"customers": int(rows.size), "k": k}
     for name, ranked in (
         ("buy_again", ranked_model),
         ("buy_again_due_only", ranked_only),

@@ -398,9 +398,7 @@ def _distinct_pairs(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarra
     array objects, held by the cache so that no other array can take their
     identity.
     """
-    cacheable = (
-        isinstance(x, np.ndarray) and isinstance(t, np.ndarray) and x.shape == t.shape
-    )
+    cacheable = isinstance(x, np.ndarray) and isinstance(t, np.ndarray) and x.shape == t.shape
     if cacheable:
         with _PAIR_LOCK:
             for cx, ct, groups in _PAIR_CACHE:

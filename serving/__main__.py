@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(API docs: http://{args.host}:{args.port}/docs)",
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         "serving.app:create_app",
         factory=True,
         host=args.host,
@@ -45,6 +45,20 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         log_level=args.log_level,
     )
+    if args.workers == 1:
+        uvicorn.Server(config).run()
+        return 0
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    # uvicorn binds the workers' shared listener with proto 0, so accepted
+    # connections never get TCP_NODELAY and a keep-alive response waits ~40 ms
+    # for the client's delayed ACK between headers and body (Kludex/uvicorn#3149).
+    # The same socket re-read from its descriptor reports IPPROTO_TCP.
+    sock = config.bind_socket()
+    sock = socket.socket(fileno=sock.detach())
+    Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

@@ -75,26 +75,43 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "encore_model_reloads", "Model loads by outcome", ["outcome"], registry=registry
     )
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            # path_format is the template without convertors ("{customer_id}", not
-            # "{customer_id:path}"): one label per route, as the OpenAPI schema names it.
-            path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
-            latency.labels(path, request.method).observe(time.perf_counter() - t0)
-            requests.labels(path, request.method, str(status)).inc()
+    shown: list[object] = [None]
+
+    def observe_metrics(scope, status, seconds):  # type: ignore[no-untyped-def]
+        route = scope.get("route")
+        path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+        latency.labels(path, scope["method"]).observe(seconds)
+        requests.labels(path, scope["method"], str(status)).inc()
+        state = (store.version, store.reloads_ok, store.reloads_failed)
+        if state != shown[0]:  # gauges change only when a reload happened
+            shown[0] = state
             version_info.clear()
             if store.version:
                 version_info.labels(store.version).set(1)
             reloads.labels("ok").set(store.reloads_ok)
             reloads.labels("failed").set(store.reloads_failed)
+
+    class Observe:
+        def __init__(self, app):  # type: ignore[no-untyped-def]
+            self.app = app
+
+        async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            t0 = time.perf_counter()
+            status = [500]
+
+            async def send_status(message):  # type: ignore[no-untyped-def]
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                observe_metrics(scope, status[0], time.perf_counter() - t0)
+
+    app.add_middleware(Observe)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,11 +10,11 @@ from serving.engine import Engine
 from serving.state import ModelStore
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The engine serving this request (it keeps it even if a reload swaps models)."""
     engine = request.app.state.store.engine
     if engine is None:

@@ -22,7 +22,10 @@ CDNOW = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 @pytest.fixture(scope="module")
 def cdnow_csv(tmp_path_factory):
     raw = pd.read_csv(
-        CDNOW, sep=r"\s+", header=None, dtype={2: str},
+        CDNOW,
+        sep=r"\s+",
+        header=None,
+        dtype={2: str},
         names=["master", "customer_id", "date", "quantity", "value"],
     )
     out = pd.DataFrame(
@@ -95,8 +98,12 @@ def test_next_purchase_export(trained, tmp_path):
     table = pd.read_csv(out, dtype={"customer_id": str})
     assert stats["customers"] == len(table) == 2357
     assert list(table.columns) == [
-        "customer_id", "p_active", "expected_purchases", "p_purchase",
-        "median_days_to_next", "next_purchase_date",
+        "customer_id",
+        "p_active",
+        "expected_purchases",
+        "p_purchase",
+        "median_days_to_next",
+        "next_purchase_date",
     ]
     for col in ("p_active", "expected_purchases", "p_purchase"):
         assert table[col].notna().all()

@@ -173,8 +173,14 @@ def export_next_purchase(
     rows, ids = rows[rows >= 0], ids[rows >= 0]
     as_of = pd.Timestamp(bundle.manifest["as_of"])
     writer = _TableWriter(out)
-    columns = ["customer_id", "p_active", "expected_purchases", "p_purchase",
-               "median_days_to_next", "next_purchase_date"]
+    columns = [
+        "customer_id",
+        "p_active",
+        "expected_purchases",
+        "p_purchase",
+        "median_days_to_next",
+        "next_purchase_date",
+    ]
     try:
         for sl in _blocks(len(rows), batch_size):
             pred = bundle.timing.predict(horizon_days, rows[sl])

@@ -515,6 +515,11 @@ def test_due_list_as_csv_and_json_agree(client):
         "next_purchase_date",
     }
     assert [float(t["p_purchase"]) for t in table] == probs
+    # no date is null in JSON, as in next-purchase; a date is an ISO date
+    everyone = _due(client, within_days=30, min_probability=0.0, limit=1000)
+    for row in everyone:
+        date = row["next_purchase_date"]
+        assert date is None or pd.Timestamp(date).isoformat().startswith(date)
     fewer = _due(client, within_days=30, min_probability=0.2, limit=3)
     assert fewer == rows[:3]
     assert len(_due(client, within_days=30, min_probability=0.9)) <= len(rows)

@@ -111,42 +111,42 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         )
     block = 64
     n_blocks = n_cols // block
+    limit = 8 * k + 64  # more candidates than this: many ties at the threshold
     if n_blocks >= 2 * k:
         maxima = scores[:, : n_blocks * block].reshape(n_rows, n_blocks, block).max(axis=2)
         if n_blocks * block < n_cols:
             tail = scores[:, n_blocks * block :].max(axis=1, keepdims=True)
             maxima = np.concatenate([maxima, tail], axis=1)
         thresh = np.partition(maxima, maxima.shape[1] - k, axis=1)[:, maxima.shape[1] - k]
+        # candidates lie only in blocks whose maximum reaches the threshold:
+        # look inside those few blocks instead of comparing every score
+        b_rows, b_idx = np.nonzero(maxima >= thresh[:, None])
+        per_row = np.bincount(b_rows, minlength=n_rows)
+        crowded_rows = per_row > limit // 4
+        pick = ~crowded_rows[b_rows]
+        b_rows, b_idx = b_rows[pick], b_idx[pick]
+        width = np.where(b_idx < n_blocks, block, n_cols - n_blocks * block)
+        rows = np.repeat(b_rows, width)
+        offset = np.arange(rows.size) - np.repeat(np.cumsum(width) - width, width)
+        cols = np.repeat(b_idx * block, width) + offset
+        hit = scores[rows, cols] >= thresh[rows]
+        rows, cols = rows[hit], cols[hit]
+        counts = np.bincount(rows, minlength=n_rows)
+        crowded_rows |= counts > limit
+        crowded = np.flatnonzero(crowded_rows)
+        if crowded.size:
+            drop = crowded_rows[rows]
+            rows, cols = rows[~drop], cols[~drop]
     else:
         thresh = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
-    mask = scores >= thresh[:, None]
-    counts = mask.sum(axis=1)
-    crowded = np.flatnonzero(counts > 8 * k + 64)
+        mask = scores >= thresh[:, None]
+        crowded = np.flatnonzero(mask.sum(axis=1) > limit)
+        mask[crowded] = False
+        rows, cols = np.nonzero(mask)
     if crowded.size:
-        # Many entries tie at the threshold (e.g. the zeros of a sparse score
-        # row): keep those above the exact k-th value and, of the ties at it,
-        # only the lowest item rows needed to make k, so each row keeps <= k.
-        sub = scores[crowded]
-        exact = thresh[crowded].copy()
-        # the threshold is the exact k-th value unless k entries lie above it
-        over = np.flatnonzero((sub > exact[:, None]).sum(axis=1) >= k)
-        if over.size:
-            exact[over] = np.partition(sub[over], n_cols - k, axis=1)[:, n_cols - k]
-        above = sub > exact[:, None]
-        room = k - above.sum(axis=1)
-        # the lowest tied columns usually lie near the start of the row: count
-        # ties in a leading slice, and go through whole rows only where needed
-        head = min(n_cols, max(4 * k, 2048))
-        tied = sub[:, :head] == exact[:, None]
-        seen = np.cumsum(tied, axis=1, dtype=np.int32)
-        above[:, :head] |= tied & (seen <= room[:, None])
-        short = np.flatnonzero(seen[:, -1] < room)
-        if short.size:
-            tied = sub[short] == exact[short, None]
-            seen = np.cumsum(tied, axis=1, dtype=np.int32)
-            above[short] |= tied & (seen <= room[short, None])
-        mask[crowded] = above
-    rows, cols = np.nonzero(mask)
+        sel_rows, sel_cols = np.nonzero(_tie_selection(scores[crowded], thresh[crowded], k))
+        rows = np.concatenate([rows, crowded[sel_rows]])
+        cols = np.concatenate([cols, sel_cols])
     vals = scores[rows, cols]
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
@@ -159,3 +159,32 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     top[rows[keep], rank[keep]] = vals[keep]
     items[~np.isfinite(top)] = -1
     return items, top
+
+
+def _tie_selection(sub: np.ndarray, thresh: np.ndarray, k: int) -> np.ndarray:
+    """Exactly the top ``k`` of each row of ``sub`` as a mask, ties to the lower column.
+
+    For rows where many entries tie at the threshold (e.g. the zeros of a
+    sparse score row): keep those above the exact ``k``-th value and, of the
+    ties at it, only the lowest columns needed to make ``k``.
+    """
+    n_cols = sub.shape[1]
+    exact = thresh.copy()
+    # the threshold is the exact k-th value unless k entries lie above it
+    over = np.flatnonzero((sub > exact[:, None]).sum(axis=1) >= k)
+    if over.size:
+        exact[over] = np.partition(sub[over], n_cols - k, axis=1)[:, n_cols - k]
+    above = sub > exact[:, None]
+    room = k - above.sum(axis=1)
+    # the lowest tied columns usually lie near the start of the row: count
+    # ties in a leading slice, and go through whole rows only where needed
+    head = min(n_cols, max(4 * k, 2048))
+    tied = sub[:, :head] == exact[:, None]
+    seen = np.cumsum(tied, axis=1, dtype=np.int32)
+    above[:, :head] |= tied & (seen <= room[:, None])
+    short = np.flatnonzero(seen[:, -1] < room)
+    if short.size:
+        tied = sub[short] == exact[short, None]
+        seen = np.cumsum(tied, axis=1, dtype=np.int32)
+        above[short] |= tied & (seen <= room[short, None])
+    return above

@@ -164,3 +164,43 @@ def test_weightings_keep_sparsity_and_are_positive(scheme, data):
     w = apply_weighting(train * 3, scheme)
     assert w.nnz == train.nnz
     assert (w.data > 0).all() and np.isfinite(w.data).all()
+
+
+def _reference_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    out = np.full((scores.shape[0], k), -1)
+    for r, row in enumerate(scores):
+        order = np.lexsort((np.arange(row.size), -row))[:k]
+        out[r, : order.size] = np.where(np.isfinite(row[order]), order, -1)
+    return out
+
+
+@pytest.mark.parametrize("n_cols", [5, 64, 130, 4097, 20_000])
+@pytest.mark.parametrize("k", [1, 10, 100])
+@pytest.mark.parametrize("kind", ["dense", "few-values", "sparse", "masked", "all-masked", "same"])
+def test_top_k_equals_a_full_sort(n_cols, k, kind):
+    """Exact top-k with ties to the lower item, whichever path a row takes
+    (block candidates, many ties at the threshold, a partial tail block, -inf)."""
+    rng = np.random.default_rng(n_cols * 7 + k)
+    n = 24
+    if kind == "dense":
+        s = rng.standard_normal((n, n_cols))
+    elif kind == "few-values":
+        s = rng.integers(0, 3, (n, n_cols)).astype(float)
+    elif kind == "sparse":  # a personal-frequency or item-kNN row: mostly zeros
+        s = np.zeros((n, n_cols))
+        for r in range(n):
+            s[r, rng.integers(0, n_cols, 4)] = rng.random(4) + 1
+    elif kind == "masked":
+        s = rng.standard_normal((n, n_cols))
+        s[rng.random((n, n_cols)) < 0.7] = -np.inf
+    elif kind == "all-masked":
+        s = np.full((n, n_cols), -np.inf)
+        s[::3, :2] = 1.0
+    else:  # popularity: the same row for everyone, with ties
+        s = np.tile(rng.integers(0, 50, n_cols).astype(float), (n, 1))
+    s = s.astype(np.float32)
+    items, top = top_k(s, k)
+    kk = min(k, n_cols)
+    np.testing.assert_array_equal(items, _reference_top_k(s, kk))
+    found = items >= 0
+    np.testing.assert_array_equal(top[found], s[np.nonzero(found)[0], items[found]])

@@ -126,16 +126,25 @@ def main() -> None:
         ]
         _, _, out = run(cmd, env)
         res = json.loads(out.strip().splitlines()[-1])
+        # the reference again after encore: load from others on a shared machine
+        # drifts over minutes, so the ratio uses the mean of the two reference fits
+        _, _, out2 = run([sys.executable, "-c", REFERENCE, str(data)], env)
+        ref_after = json.loads(out2.strip().splitlines()[-1])["fit_s"]
+        print(f"reference again after encore: implicit fit {ref_after:.1f}s")
+        ref_fit = (ref["fit_s"] + ref_after) / 2.0
         if res["rc"] != 0:
             raise SystemExit(f"encore train failed:\n{res['out']}")
         steps = [ln for ln in res["out"].splitlines() if ln.startswith("[done]")]
         print("encore train steps:\n  " + "\n  ".join(steps))
-        ratio = res["wall"] / ref["fit_s"]
+        ratio = res["wall"] / ref_fit
         print(
             f"encore train (whole run, no search): {res['wall']:.1f}s, "
             f"peak {res['peak'] / 2**30:.2f} GiB"
         )
-        print(f"RATIO encore_train / bare_implicit_fit = {ratio:.2f}  (goal <= 1.5)")
+        print(
+            f"RATIO encore_train / bare_implicit_fit (mean of {ref['fit_s']:.1f}s and "
+            f"{ref_after:.1f}s) = {ratio:.2f}  (goal <= 1.5)"
+        )
         print(f"PEAK MEMORY encore_train = {res['peak'] / 2**30:.2f} GiB  (goal < 4)")
 
 

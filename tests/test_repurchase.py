@@ -183,3 +183,31 @@ def test_edge_cases():
         and "customers rebuy" in rec[0]["reason"]
     )
     assert np.isfinite(rec[0]["probability"])
+
+
+def test_lapsed_buyers_are_not_scored_as_merely_late():
+    """Customers who stopped rebuying long ago get a low probability; regular ones a high one."""
+    rng = np.random.default_rng(3)
+    cust, item, day = [], [], []
+    for c in range(200):
+        lapsed = c % 2 == 1
+        start = rng.uniform(0, 10)
+        stop = 150.0 if lapsed else 400.0
+        t = start
+        while t < stop:
+            cust.append(c)
+            item.append(0)
+            day.append(t)
+            t += rng.gamma(20.0, 0.5)  # about every 10 days
+    as_of = 400.0
+    m = RepurchaseModel().fit(np.array(cust), np.array(item), np.array(day), as_of, 200, 1)
+    assert 0.0 < m.item_dropout_[0] < 1.0
+    p = m.score_customers(np.arange(200), 10.0).toarray()[:, 0]
+    regular, lapsed = p[0::2], p[1::2]
+    assert np.median(regular) > 0.5 and np.max(lapsed) < 0.05
+    # versions saved before the dropout existed load as "nobody stops"
+    meta, arrays = m.to_state()
+    del arrays["item_dropout"]
+    old = RepurchaseModel.from_state(meta, arrays)
+    assert np.all(old.item_dropout_ == 0.0)
+    assert np.max(old.score_customers(np.arange(200), 10.0).toarray()[1::2, 0]) > 0.05

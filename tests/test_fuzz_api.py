@@ -136,12 +136,7 @@ def flatmap_body(context, body):
     return _swap(body)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _thread_limits_restored():
-    """``create_app`` pins BLAS and OpenMP threads for the whole process (right
-    for a serving worker); give the rest of the test session its threads back."""
-    with threadpool_limits(limits=None):
-        yield
+pytestmark = pytest.mark.usefixtures("thread_limits_restored")
 
 
 @pytest.fixture(scope="module")

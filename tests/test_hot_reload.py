@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from threadpoolctl import threadpool_limits
 
 from recommender.artifacts import CURRENT_POINTER, publish, sha256_file
 from recommender.bundle import load_bundle
@@ -33,12 +32,7 @@ POLL_S = 0.05
 TIMEOUT_S = 15.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _thread_limits_restored():
-    """``create_app`` pins BLAS and OpenMP threads for the whole process (right
-    for a serving worker); give the rest of the test session its threads back."""
-    with threadpool_limits(limits=None):
-        yield
+pytestmark = pytest.mark.usefixtures("thread_limits_restored")
 
 
 @dataclass

@@ -24,7 +24,6 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from threadpoolctl import threadpool_limits
 
 from recommender.artifacts import current_version, publish
 from recommender.bundle import Bundle, load_bundle
@@ -81,12 +80,7 @@ def settings(models: Path, **kw) -> ServingSettings:
     return ServingSettings(models_dir=models, reload_interval_s=0, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _thread_limits_restored():
-    """``create_app`` pins BLAS and OpenMP threads for the whole process (right
-    for a serving worker); give the rest of the test session its threads back."""
-    with threadpool_limits(limits=None):
-        yield
+pytestmark = pytest.mark.usefixtures("thread_limits_restored")
 
 
 @pytest.fixture(scope="module")

@@ -361,6 +361,20 @@ def compress_rows(
     return xs[starts], ts[starts], Ts[starts], np.add.reduceat(w[order], starts)
 
 
+def _row_groups(*flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)`` for equal-length 1-D columns: one index per distinct
+    row, and for each row the position of its group in ``first``."""
+    order = np.lexsort(flat[::-1])
+    new = np.zeros(order.size, dtype=bool)
+    new[0] = True
+    for a in flat:
+        s = a[order]
+        new[1:] |= s[1:] != s[:-1]
+    inverse = np.empty(order.size, dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 def _on_unique(func: Any, *cols: np.ndarray) -> np.ndarray:
     """``func(*cols)`` evaluated once per distinct row of ``cols`` (broadcast first).
 
@@ -372,18 +386,9 @@ def _on_unique(func: Any, *cols: np.ndarray) -> np.ndarray:
     flat = [a.ravel() for a in arrs]
     if flat[0].size < 2048:
         return np.asarray(func(*flat), dtype=np.float64).reshape(shape)
-    order = np.lexsort(flat[::-1])
-    sorted_cols = [a[order] for a in flat]
-    new = np.ones(order.size, dtype=bool)
-    for a in sorted_cols:
-        new[1:] &= a[1:] == a[:-1]
-    new = ~new
-    new[0] = True
-    starts = np.flatnonzero(new)
-    vals = np.asarray(func(*(a[starts] for a in sorted_cols)), dtype=np.float64)
-    out = np.empty(order.size)
-    out[order] = vals[np.cumsum(new) - 1]
-    return out.reshape(shape)
+    first, inverse = _row_groups(*flat)
+    vals = np.asarray(func(*(a[first] for a in flat)), dtype=np.float64)
+    return vals[inverse].reshape(shape)
 
 
 _PAIR_CACHE: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
@@ -391,7 +396,7 @@ _PAIR_LOCK = threading.Lock()
 
 
 def _distinct_pairs(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, inverse)``: one flat index per distinct ``(x, t)`` row, and each row's group.
+    """:func:`_row_groups` of ``(x, t)`` (broadcast), remembered per array pair.
 
     An optimiser evaluates the likelihood hundreds of times on the same two
     (never modified) arrays; their grouping is remembered for the last few
@@ -407,12 +412,7 @@ def _distinct_pairs(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarra
     xf, tf = (a.ravel() for a in np.broadcast_arrays(np.asarray(x, float), np.asarray(t, float)))
     if xf.size < 2048:
         return np.arange(xf.size), np.arange(xf.size)
-    order = np.lexsort((tf, xf))
-    xs, ts = xf[order], tf[order]
-    new = np.r_[True, (xs[1:] != xs[:-1]) | (ts[1:] != ts[:-1])]
-    inverse = np.empty(xf.size, dtype=np.int64)
-    inverse[order] = np.cumsum(new) - 1
-    groups = (order[new], inverse)
+    groups = _row_groups(xf, tf)
     if cacheable:
         with _PAIR_LOCK:
             _PAIR_CACHE.append((x, t, groups))

@@ -78,6 +78,16 @@ class Recommender(ABC):
         return out_items, out_scores
 
 
+def seeded_subset(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` of ``rows``, drawn without replacement with ``seed``, sorted.
+
+    ``rows`` come back unchanged when there are no more than ``limit`` (or no limit).
+    """
+    if limit is None or len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
+
+
 def iter_blocks(rows: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(offset, rows[offset:offset + batch_size])``."""
     for start in range(0, len(rows), batch_size):

@@ -48,6 +48,8 @@ import numpy as np
 from scipy import optimize
 from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 
+from recommender.base import seeded_subset
+
 __all__ = [
     "BGNBD",
     "MBGNBD",
@@ -1237,8 +1239,7 @@ class PurchaseTimingModel:
         fit_rows = None
         with_history = np.flatnonzero(summary.has_history)
         if self.fit_sample is not None and with_history.size > self.fit_sample:
-            rng = np.random.default_rng(1)
-            fit_rows = np.sort(rng.choice(with_history, size=self.fit_sample, replace=False))
+            fit_rows = seeded_subset(with_history, self.fit_sample, seed=1)
             selection["fit_sample"] = int(self.fit_sample)
         cal_models: dict[str, _TimingModel] = {}
         self._calibration = None
@@ -1248,11 +1249,9 @@ class PurchaseTimingModel:
             cal = summarize_purchases(codes, days, cal_end, n)
             mid = summarize_purchases(codes, days, min(cal_end + ph, float(as_of_day)), n)
             rows = np.flatnonzero(cal.has_history)
-            if self.selection_sample is not None and rows.size > self.selection_sample:
-                # Choosing among candidates needs far fewer customers than the
-                # final fit: a seeded sample keeps selection fast on millions.
-                rng = np.random.default_rng(0)
-                rows = np.sort(rng.choice(rows, size=self.selection_sample, replace=False))
+            # Choosing among candidates needs few customers: a seeded sample
+            # keeps selection fast on millions.
+            rows = seeded_subset(rows, self.selection_sample)
             if rows.size == 0:
                 raise TimingFitError("no customer has a purchase before the holdout window")
             actual = (summary.x - cal.x)[rows].astype(np.float64)

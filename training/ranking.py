@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recommender.als import ALSRecommender
-from recommender.base import Recommender
+from recommender.base import Recommender, seeded_subset
 from recommender.baselines import (
     ItemKNNRecommender,
     PersonalFrequencyRecommender,
@@ -64,9 +64,7 @@ def make_split(
     has_hist = np.diff(counts.indptr) > 0
     has_rel = np.diff(relevant.indptr) > 0
     users = np.flatnonzero(has_hist & has_rel)
-    if max_users is not None and len(users) > max_users:
-        rng = np.random.default_rng(seed)
-        users = np.sort(rng.choice(users, size=max_users, replace=False))
+    users = seeded_subset(users, max_users, seed)
     return Split(train=train, counts=counts, relevant=relevant, users=users, cutoff=cutoff)
 
 

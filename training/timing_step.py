@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recommender.base import seeded_subset
 from recommender.data import IdIndex
 from recommender.metrics import ndcg_at_k, recall_at_k
 from recommender.repurchase import RepurchaseModel
@@ -216,9 +217,7 @@ def _judge_timing(
     summary = model.summary_
     rows = np.flatnonzero(np.asarray(summary.has_history))
     n = summary.n_customers
-    if max_customers is not None and rows.size > max_customers:
-        # a seeded sample: totals and rates judged on it, not on millions
-        rows = np.sort(np.random.default_rng(0).choice(rows, size=max_customers, replace=False))
+    rows = seeded_subset(rows, max_customers)  # totals and rates judged on a sample
 
     def counts(h: float) -> np.ndarray:
         window = (days >= cut_day) & (days < cut_day + h)
@@ -283,9 +282,7 @@ def _judge_buy_again(
     rows = np.flatnonzero(np.diff(repeat.indptr) > 0)
     if rows.size == 0:
         return {"customers": 0}
-    if max_customers is not None and rows.size > max_customers:
-        # a seeded sample, as for the ranking evaluation
-        rows = np.sort(np.random.default_rng(0).choice(rows, size=max_customers, replace=False))
+    rows = seeded_subset(rows, max_customers)  # as for the ranking evaluation
     scores = model.score_customers(rows, horizon).tocsr()
     ranked_only = _top_from_sparse(scores, k)
     # The list a shop shows: items due by probability, then the rest of the

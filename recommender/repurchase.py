@@ -381,7 +381,6 @@ class RepurchaseModel:
         self.is_repurchase_item_ = is_rep
         # the gap at the prior mean rate; for customers, at the posterior mean
         self.item_cycle_days_ = np.where(is_rep, k_item * beta / alpha, np.inf)
-        self.item_dropout_ = np.zeros(n_items)
         self.item_dropout_ = self._fit_dropout(n_items)
         self._check_state()
         return self
@@ -400,7 +399,8 @@ class RepurchaseModel:
         pairs = np.arange(self.pair_item_.size)
         if pairs.size == 0:
             return np.zeros(n_items)
-        surv = self._survival(pairs, self.as_of_day_)
+        k, a, b, e = self._pair_gaps(pairs, self.as_of_day_)
+        surv = betaincc(k, a, e / (e + b))  # P(no rebuy yet | still buying)
         item = self.pair_item_
         m = (self.pair_n_ - 1).astype(np.float64)
 
@@ -421,13 +421,16 @@ class RepurchaseModel:
         b0 = np.full(n_items, prior_pairs * (1.0 - pooled))
         return np.where(self.is_repurchase_item_, solve(item, n_items, a0, b0), 0.0)
 
-    def _survival(self, pairs: np.ndarray, at_day: float) -> np.ndarray:
-        """P(no rebuy yet | still buying) at ``at_day`` for each pair."""
+    def _pair_gaps(
+        self, pairs: np.ndarray, at_day: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Gap shape ``k``, posterior shape ``a`` and rate ``b``, and days since
+        the last purchase at ``at_day``, per pair."""
         k = self.item_shape_k_[self.pair_item_[pairs]]
         a = self.pair_post_shape_[pairs]
         b = self.pair_post_rate_[pairs]
         e = np.maximum(at_day - self.pair_last_day_[pairs], 0.0)
-        return betaincc(k, a, e / (e + b))
+        return k, a, b, e
 
     def _empirical_bayes(
         self,
@@ -605,10 +608,7 @@ class RepurchaseModel:
         self, pairs: np.ndarray, within_days: float, at_day: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(rebuy within ``within_days``), cycle days and days since last, per pair."""
-        k = self.item_shape_k_[self.pair_item_[pairs]]
-        a = self.pair_post_shape_[pairs]
-        b = self.pair_post_rate_[pairs]
-        e = np.maximum(at_day - self.pair_last_day_[pairs], 0.0)
+        k, a, b, e = self._pair_gaps(pairs, at_day)
         s_now = betaincc(k, a, e / (e + b))
         s_then = betaincc(k, a, (e + within_days) / (e + within_days + b))
         with np.errstate(invalid="ignore", divide="ignore"):

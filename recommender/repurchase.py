@@ -37,6 +37,8 @@ import scipy.sparse as sp
 from scipy import optimize
 from scipy.special import betaincc, digamma, gammaln, polygamma
 
+from recommender.base import seeded_subset
+
 __all__ = ["NotFittedError", "RepurchaseModel", "RepurchaseStateError"]
 
 STATE_SCHEMA = "encore.repurchase/1"
@@ -233,6 +235,8 @@ class RepurchaseModel:
         self.shrink_to_global = shrink_to_global
 
     indptr_: np.ndarray | None = None
+    #: Customers whose pairs the item dropout is fitted on (a seeded sample).
+    dropout_sample: int = 100_000
 
     # -- fitting -------------------------------------------------------------
     def fit(
@@ -396,24 +400,46 @@ class RepurchaseModel:
         posteriori (a Beta prior worth ``prior_pairs`` pairs at the pooled
         value), so a lapsed pair is not scored as if it were merely late.
         """
-        pairs = np.arange(self.pair_item_.size)
-        if pairs.size == 0:
+        if self.pair_item_.size == 0:
             return np.zeros(n_items)
+        # the pairs of a seeded sample of customers: the incomplete beta per
+        # pair is the cost, and an item-level rate needs no more
+        sample = np.zeros(self.n_customers_, dtype=bool)
+        sample[seeded_subset(np.arange(self.n_customers_), self.dropout_sample, seed=2)] = True
+        pairs = np.flatnonzero(sample[self.pair_customer_])
         k, a, b, e = self._pair_gaps(pairs, self.as_of_day_)
         surv = betaincc(k, a, e / (e + b))  # P(no rebuy yet | still buying)
-        item = self.pair_item_
-        m = (self.pair_n_ - 1).astype(np.float64)
+        item = self.pair_item_[pairs]
+        m = (self.pair_n_[pairs] - 1).astype(np.float64)
 
         def solve(idx: np.ndarray, n: int, a0: np.ndarray, b0: np.ndarray) -> np.ndarray:
+            # The log-posterior is concave in pi: Newton steps on its derivative,
+            # kept inside the bracket that the derivative's sign narrows
+            # (bisection where a step would leave it).
             lo, hi = np.zeros(n), np.full(n, 1.0 - 1e-9)
             reps = np.bincount(idx, weights=m, minlength=n)
-            for _ in range(50):
-                mid = 0.5 * (lo + hi)
-                p = mid[idx]
-                d = np.bincount(idx, weights=(1.0 - surv) / ((1.0 - p) * surv + p), minlength=n)
-                d += a0 / mid - (reps + b0) / (1.0 - mid)
-                lo, hi = np.where(d > 0, mid, lo), np.where(d > 0, hi, mid)
-            return 0.5 * (lo + hi)
+            pi = np.full(n, 0.5)
+            for _ in range(100):
+                p = pi[idx]
+                ratio = (1.0 - surv) / ((1.0 - p) * surv + p)
+                d = (
+                    np.bincount(idx, weights=ratio, minlength=n)
+                    + a0 / pi
+                    - (reps + b0) / (1.0 - pi)
+                )
+                dd = (
+                    -np.bincount(idx, weights=ratio * ratio, minlength=n)
+                    - a0 / pi**2
+                    - (reps + b0) / (1.0 - pi) ** 2
+                )
+                lo, hi = np.where(d > 0, pi, lo), np.where(d > 0, hi, pi)
+                step = pi - d / dd
+                step = np.where((step > lo) & (step < hi), step, 0.5 * (lo + hi))
+                done = np.max(np.abs(step - pi)) < 1e-10
+                pi = step
+                if done:
+                    break
+            return pi
 
         tiny = np.full(1, 1e-6)
         pooled = float(solve(np.zeros(item.size, dtype=np.int64), 1, tiny, tiny)[0])

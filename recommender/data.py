@@ -126,10 +126,12 @@ class ValidationReport:
 class Transactions:
     """A checked transaction log.
 
-    ``frame`` has the columns ``customer_id`` and ``item_id`` (str),
-    ``timestamp`` (datetime64, naive UTC), ``quantity`` and ``price`` (float;
-    price NaN where unknown), ``event`` (str) and ``weight`` (the event's
-    weight), sorted by time.
+    ``frame`` has the columns ``customer_id`` and ``item_id`` (categorical,
+    with sorted text categories: millions of rows hold a few hundred thousand
+    ids, and codes make grouping and indexing cheap), ``timestamp``
+    (datetime64, naive UTC), ``quantity`` and ``price`` (float; price NaN where
+    unknown), ``event`` (categorical text) and ``weight`` (the event's weight),
+    sorted by time. Categories can include ids whose rows were all dropped.
     """
 
     frame: pd.DataFrame
@@ -374,6 +376,38 @@ def _as_text(values: pd.Series) -> pd.Series:
     return text
 
 
+def _as_categories(values: pd.Series, lower: bool = False) -> tuple[pd.Categorical, np.ndarray]:
+    """A column as a categorical of stripped text, and a per-row mask of empty cells.
+
+    The text rules of :func:`_as_text` run on the distinct values only, so a
+    log of millions of rows with a few hundred thousand ids is cheap to check;
+    distinct raw values that are equal once stripped ("A1 " and "A1") become
+    one category. Categories are sorted.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes = values.cat.codes.to_numpy().astype(np.int64)
+        uniques = pd.Series(values.cat.categories)
+    else:
+        raw_codes, raw_uniques = pd.factorize(values, use_na_sentinel=True)
+        codes = raw_codes.astype(np.int64)
+        uniques = pd.Series(raw_uniques)
+    text = _as_text(uniques)
+    if lower:
+        text = text.str.lower()
+    empty = _null_mask(text)
+    norm_codes, categories = pd.factorize(text.mask(empty), sort=True, use_na_sentinel=True)
+    norm_codes = np.append(norm_codes.astype(np.int64), -1)  # row code -1 (NaN) stays -1
+    row_codes = norm_codes[codes]
+    cat = pd.Categorical.from_codes(row_codes, categories=pd.Index(np.asarray(categories, str)))
+    return cat, row_codes < 0
+
+
+def _id_too_long(ids: pd.Categorical) -> np.ndarray:
+    """Rows whose id is longer than any real id (a text field in the wrong column)."""
+    long_cat = np.append(ids.categories.str.len().to_numpy() > _MAX_ID_LENGTH, False)
+    return long_cat[ids.codes]
+
+
 def _as_number(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """(numbers as float64 with NaN for unparseable, mask of empty cells)."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -466,14 +500,12 @@ def validate_transactions(
         fresh = mask & (reason < 0)
         reason[fresh] = DROP_REASONS.index(name)
 
-    cust = _as_text(col("customer_id"))
-    item = _as_text(col("item_id"))
-    mark(_null_mask(cust), "missing_customer_id")
-    mark(_null_mask(item), "missing_item_id")
-    mark(
-        (cust.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_customer_id"
-    )
-    mark((item.str.len() > _MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool), "missing_item_id")
+    cust, cust_empty = _as_categories(col("customer_id"))
+    item, item_empty = _as_categories(col("item_id"))
+    mark(cust_empty, "missing_customer_id")
+    mark(item_empty, "missing_item_id")
+    mark(_id_too_long(cust), "missing_customer_id")
+    mark(_id_too_long(item), "missing_item_id")
 
     ts = parse_timestamps(col("timestamp"), time_format)
     mark(ts.isna().to_numpy(), "unparseable_timestamp")
@@ -505,11 +537,13 @@ def validate_transactions(
                 else {"purchase": 1.0, "order": 1.0, "cart": 0.5, "view": 0.1}
             ).items()
         }
-        event = _as_text(col("event")).str.lower()
-        mark(~event.isin(list(weights)).to_numpy(dtype=bool, na_value=False), "unknown_event")
-        weight = event.map(weights).astype("float64").fillna(0.0)
+        event, _ = _as_categories(col("event"), lower=True)
+        known = np.append(event.categories.isin(list(weights)), False)
+        mark(~known[event.codes], "unknown_event")
+        cat_weight = np.array([weights.get(c, 0.0) for c in event.categories] + [0.0])
+        weight = pd.Series(cat_weight[event.codes], index=raw.index)
     else:
-        event = pd.Series(["purchase"] * n, index=raw.index, dtype="string")
+        event = pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=["purchase"])
         weight = pd.Series(np.ones(n), index=raw.index)
 
     cutoff = None
@@ -552,18 +586,21 @@ def validate_transactions(
         )
 
     def build(mask: np.ndarray) -> pd.DataFrame:
-        out = pd.DataFrame(
+        stamps = ts[mask].to_numpy(dtype="datetime64[ns]")
+        ns = stamps.view(np.int64)
+        # logs are usually written in time order already: skip the sort then
+        order = slice(None) if (ns[1:] >= ns[:-1]).all() else np.argsort(ns, kind="stable")
+        return pd.DataFrame(
             {
-                "customer_id": cust[mask].astype("str").reset_index(drop=True),
-                "item_id": item[mask].astype("str").reset_index(drop=True),
-                "timestamp": ts[mask].to_numpy(dtype="datetime64[ns]"),
-                "quantity": qty[mask].to_numpy(dtype=np.float64),
-                "price": price[mask].to_numpy(dtype=np.float64, na_value=np.nan),
-                "event": event[mask].astype("str").reset_index(drop=True),
-                "weight": weight[mask].to_numpy(dtype=np.float64),
+                "customer_id": cust[mask][order],
+                "item_id": item[mask][order],
+                "timestamp": stamps[order],
+                "quantity": qty[mask].to_numpy(dtype=np.float64)[order],
+                "price": price[mask].to_numpy(dtype=np.float64, na_value=np.nan)[order],
+                "event": event[mask][order],
+                "weight": weight[mask].to_numpy(dtype=np.float64)[order],
             }
         )
-        return out.sort_values("timestamp", kind="stable", ignore_index=True)
 
     frame = build(keep)
     later = reason == DROP_REASONS.index("after_as_of")
@@ -680,6 +717,17 @@ class IdIndex:
     @classmethod
     def encode(cls, values: Sequence[str] | np.ndarray | pd.Series) -> tuple[IdIndex, np.ndarray]:
         """Index the distinct values (sorted) and return each value's row too."""
+        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+            # A checked log's id columns: only the (few) categories are text.
+            cat_codes = values.cat.codes.to_numpy()
+            if (cat_codes >= 0).all():
+                names = np.asarray(values.cat.categories, dtype=str)
+                used = np.zeros(len(names), dtype=bool)
+                used[cat_codes] = True
+                order = np.flatnonzero(used)[np.argsort(names[used], kind="stable")]
+                remap = np.full(len(names), -1, dtype=np.int64)
+                remap[order] = np.arange(len(order))
+                return cls(names[order]), remap[cat_codes]
         codes, uniques = pd.factorize(pd.Series(values, dtype="str"), sort=True)
         return cls(np.asarray(uniques, dtype=str)), codes.astype(np.int64)
 

@@ -399,7 +399,11 @@ def test_default_event_weights(tmp_path):
     tx = load_transactions(p)
     assert tx.has_events
     w = dict(
-        zip(tx.frame["event"] + "/" + tx.frame["customer_id"], tx.frame["weight"], strict=True)
+        zip(
+            tx.frame["event"].astype(str) + "/" + tx.frame["customer_id"].astype(str),
+            tx.frame["weight"],
+            strict=True,
+        )
     )
     assert w == {"view/a": 0.1, "cart/a": 0.5, "purchase/a": 1.0, "purchase/b": 1.0}
     assert tx.report.dropped["unknown_event"] == 1
@@ -563,3 +567,33 @@ def test_id_index_rows_invert_ids(ids, data):
     values = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=60))
     enc, codes = IdIndex.encode(values)
     assert [enc.id(c) for c in codes] == values
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ids=st.lists(_ID_TEXT, min_size=1, max_size=30, unique=True),
+    extra=st.lists(_ID_TEXT, max_size=5),
+    data=st.data(),
+)
+def test_id_index_from_a_categorical_matches_from_text(ids, extra, data):
+    # checked logs hold ids as categoricals, some categories unused after drops
+    values = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=60))
+    cats = list(dict.fromkeys(ids + extra))
+    cat = pd.Series(pd.Categorical(values, categories=cats))
+    a, codes_a = IdIndex.encode(cat)
+    b, codes_b = IdIndex.encode(values)
+    assert a.ids_.tolist() == b.ids_.tolist()
+    assert codes_a.tolist() == codes_b.tolist()
+
+
+def test_ids_equal_once_stripped_are_one_customer(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text(
+        "customer_id,item_id,timestamp\n"
+        " a,x,2024-01-01\na ,x,2024-01-02\na,y ,2024-01-03\n  ,y,2024-01-04\n"
+    )
+    tx = load_transactions(p)
+    assert tx.frame["customer_id"].astype(str).tolist() == ["a", "a", "a"]
+    assert tx.frame["item_id"].astype(str).tolist() == ["x", "x", "y"]
+    assert tx.report.dropped["missing_customer_id"] == 1
+    assert tx.fingerprint()["customers"] == 1 and tx.fingerprint()["items"] == 2

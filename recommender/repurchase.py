@@ -235,8 +235,11 @@ class RepurchaseModel:
         self.shrink_to_global = shrink_to_global
 
     indptr_: np.ndarray | None = None
-    #: Customers whose pairs the item dropout is fitted on (a seeded sample).
-    dropout_sample: int = 100_000
+    #: At most this many customers (a seeded sample) give the pairs that the
+    #: item priors and dropout are fitted on; every customer's pairs are then
+    #: scored with them. Item-level rates need no more, and the fits cost
+    #: per pair.
+    prior_sample: int | None = 100_000
 
     # -- fitting -------------------------------------------------------------
     def fit(
@@ -313,6 +316,10 @@ class RepurchaseModel:
         n_pairs = p_n.size
         sum_log_gap = np.bincount(gap_pair, weights=np.log(gaps[same]), minlength=n_pairs)
 
+        in_sample = np.zeros(n_customers, dtype=bool)
+        buyers = p_cust[np.r_[True, p_cust[1:] != p_cust[:-1]]] if c.size else p_cust
+        in_sample[seeded_subset(buyers, self.prior_sample, seed=2)] = True
+
         rep_cust = np.bincount(p_item[p_m >= 1], minlength=n_items)
         is_rep = rep_cust >= self.min_item_repeat_customers
 
@@ -344,10 +351,11 @@ class RepurchaseModel:
             alpha = self.prior_strength * k_item
             beta = self.prior_strength * mean_gap
         else:
+            fit_pairs = rep_pairs & in_sample[p_cust]
             alpha, beta = self._empirical_bayes(
-                p_item[rep_pairs],
-                p_m[rep_pairs].astype(np.float64),
-                p_S[rep_pairs],
+                p_item[fit_pairs],
+                p_m[fit_pairs].astype(np.float64),
+                p_S[fit_pairs],
                 k_item,
                 n_items,
                 is_rep,
@@ -385,11 +393,13 @@ class RepurchaseModel:
         self.is_repurchase_item_ = is_rep
         # the gap at the prior mean rate; for customers, at the posterior mean
         self.item_cycle_days_ = np.where(is_rep, k_item * beta / alpha, np.inf)
-        self.item_dropout_ = self._fit_dropout(n_items)
+        self.item_dropout_ = self._fit_dropout(n_items, in_sample)
         self._check_state()
         return self
 
-    def _fit_dropout(self, n_items: int, prior_pairs: float = 20.0) -> np.ndarray:
+    def _fit_dropout(
+        self, n_items: int, in_sample: np.ndarray, prior_pairs: float = 20.0
+    ) -> np.ndarray:
         """Per item, the chance a customer stops buying it after a purchase.
 
         Like BG/NBD's dropout at the customer level: after each purchase the
@@ -402,11 +412,9 @@ class RepurchaseModel:
         """
         if self.pair_item_.size == 0:
             return np.zeros(n_items)
-        # the pairs of a seeded sample of customers: the incomplete beta per
-        # pair is the cost, and an item-level rate needs no more
-        sample = np.zeros(self.n_customers_, dtype=bool)
-        sample[seeded_subset(np.arange(self.n_customers_), self.dropout_sample, seed=2)] = True
-        pairs = np.flatnonzero(sample[self.pair_customer_])
+        # the pairs of the sampled customers: the incomplete beta per pair is
+        # the cost, and an item-level rate needs no more
+        pairs = np.flatnonzero(in_sample[self.pair_customer_])
         k, a, b, e = self._pair_gaps(pairs, self.as_of_day_)
         surv = betaincc(k, a, e / (e + b))  # P(no rebuy yet | still buying)
         item = self.pair_item_[pairs]

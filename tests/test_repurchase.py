@@ -211,3 +211,20 @@ def test_lapsed_buyers_are_not_scored_as_merely_late():
     old = RepurchaseModel.from_state(meta, arrays)
     assert np.all(old.item_dropout_ == 0.0)
     assert np.max(old.score_customers(np.arange(200), 10.0).toarray()[1::2, 0]) > 0.05
+
+
+def test_item_priors_from_a_customer_sample_score_every_customer(shop, model):
+    cust, item, day, n_c, n_i, item_cycle, _ = shop
+    sampled = RepurchaseModel()
+    sampled.prior_sample = 100  # of 300 customers
+    sampled.fit(cust, item, day, AS_OF, n_c, n_i)
+    # every customer's own pairs are kept and scored, sampled or not
+    assert np.array_equal(sampled.indptr_, model.indptr_)
+    assert np.array_equal(sampled.pair_item_, model.pair_item_)
+    # the item-level fits moved, but stay close to those on all customers
+    assert not np.allclose(sampled.item_prior_beta_, model.item_prior_beta_)
+    rep = model.is_repurchase_item_
+    cycle_ratio = sampled.item_cycle_days_[rep] / model.item_cycle_days_[rep]
+    assert np.all(np.abs(np.log(cycle_ratio)) < 0.25)
+    drop = np.abs(sampled.item_dropout_[rep] - model.item_dropout_[rep])
+    assert np.median(drop) < 0.05

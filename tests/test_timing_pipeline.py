@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from recommender.bundle import load_bundle
 from training.config import TrainConfig
 from training.export import export_next_purchase
 from training.pipeline import train
+from training.timing_step import _top_from_sparse
 
 CDNOW = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 
@@ -117,3 +119,19 @@ def test_next_purchase_export(trained, tmp_path):
     for arr in np.load(bundle.path / "timing.npz").values():
         if arr.dtype.kind == "f":
             assert np.isfinite(arr).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_from_sparse_ranks_each_row_by_value_then_stored_order(seed):
+    rng = np.random.default_rng(seed)
+    dense = rng.integers(0, 4, size=(30, 12)).astype(float)  # many ties and empty rows
+    dense[rng.random(30) < 0.2] = 0.0
+    m = sp.csr_matrix(dense)
+    k = 5
+    got = _top_from_sparse(m, k)
+    for r in range(m.shape[0]):
+        cols = m.indices[m.indptr[r] : m.indptr[r + 1]]
+        vals = m.data[m.indptr[r] : m.indptr[r + 1]]
+        want = cols[np.argsort(-vals, kind="stable")][:k]
+        assert got[r, : len(want)].tolist() == want.tolist()
+        assert (got[r, len(want) :] == -1).all()

@@ -222,8 +222,8 @@ def _judge_timing(
     def counts(h: float) -> np.ndarray:
         window = (days >= cut_day) & (days < cut_day + h)
         # same-day purchases are one transaction, as in the model
-        pairs = np.unique(np.stack([cust_codes[window], np.floor(days[window])], axis=1), axis=0)
-        return np.bincount(pairs[:, 0].astype(np.int64), minlength=n)[rows].astype(np.float64)
+        buyers, _ = _customer_days(cust_codes[window], days[window])
+        return np.bincount(buyers, minlength=n)[rows].astype(np.float64)
 
     actual = counts(horizon)
     bought = counts(p_horizon) > 0
@@ -307,10 +307,12 @@ def _judge_buy_again(
 
 
 def _top_from_sparse(m: sp.csr_matrix, k: int) -> np.ndarray:
+    """Each row's ``k`` largest stored entries as columns (``-1`` pads), ties
+    in stored order."""
+    row = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((np.arange(m.nnz), -m.data, row))
+    rank = np.arange(m.nnz) - m.indptr[row]
+    keep = rank < k
     out = np.full((m.shape[0], k), -1, dtype=np.int64)
-    for r in range(m.shape[0]):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        idx, val = m.indices[lo:hi], m.data[lo:hi]
-        order = np.argsort(-val, kind="stable")[:k]
-        out[r, : len(order)] = idx[order]
+    out[row[keep], rank[keep]] = m.indices[order][keep]
     return out

@@ -1,7 +1,8 @@
 """Ranking quality of the default `encore train` on generated shops.
 
-For each shop preset it runs the real pipeline (default configuration, no
-search) and, on the very same split, a grid of ``implicit`` ALS fits configured
+For each shop preset it runs the real pipeline with its defaults (which search
+the ALS hyperparameters on the window before the evaluation window, as these
+logs are small), again with ``--no-search``, and, on the very same split, a grid of ``implicit`` ALS fits configured
 by hand the way its documentation suggests (BM25-weighted counts, a few
 factors/regularisation/alpha settings); the best of that grid *on the
 evaluation window itself* is the "tuned by hand" reference, so it is an
@@ -16,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -35,7 +37,7 @@ from recommender.als import ALSRecommender  # noqa: E402
 from recommender.data import IdIndex, load_transactions  # noqa: E402
 from recommender.synthetic import generate_shop, write_shop  # noqa: E402
 from training import ranking  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import SearchConfig, TrainConfig  # noqa: E402
 from training.pipeline import train  # noqa: E402
 
 GRID = {
@@ -97,6 +99,15 @@ def main() -> None:
             )
             secs = time.perf_counter() - t0
             metrics = result.manifest["metrics"]["ranking"]
+            # the same run with the search switched off: the untuned defaults
+            plain = train(
+                paths["transactions"],
+                items_path=paths["items"],
+                models_dir=Path(tmp) / "m",
+                config=dataclasses.replace(cfg, search=SearchConfig(enabled=False), timing=False),
+                say=lambda _m: None,
+                do_publish=False,
+            ).manifest["metrics"]["ranking"]["als"]
             # rebuild the same split for the hand-tuned reference
             tx = load_transactions(paths["transactions"])
             frame = tx.frame
@@ -127,6 +138,7 @@ def main() -> None:
         )
         for name, m in [
             ("encore (default)", enc),
+            ("encore --no-search", plain),
             ("implicit tuned by hand", ref),
             *[(k, v) for k, v in metrics.items() if k != "als"],
         ]:
@@ -134,6 +146,9 @@ def main() -> None:
                 f"{name:28s} {m['ndcg@10']:8.4f} {m['recall@20']:10.4f} "
                 f"{m['recall@20_repeat']:14.4f} {m['recall@20_new']:11.4f}"
             )
+        trials = (result.manifest.get("search") or {}).get("trials", [])
+        chosen = result.manifest["config"]["als_chosen"]
+        print(f"encore chose (search of {len(trials)} trials on the window before): {chosen}")
         print(f"hand-tuned config: {ref_cfg}")
         ratios = {
             "vs popularity": enc["ndcg@10"] / max(metrics["popularity"]["ndcg@10"], 1e-12),

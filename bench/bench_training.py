@@ -123,6 +123,7 @@ def main() -> None:
             str(Path(tmp) / "models"),
             "--top-n",
             "100",
+            "--no-search",
         ]
         _, _, out = run(cmd, env)
         res = json.loads(out.strip().splitlines()[-1])

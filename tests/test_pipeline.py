@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from recommender.artifacts import (
 from recommender.bundle import load_bundle
 from recommender.data import DataError, load_transactions
 from training import ranking
-from training.config import ALSConfig, TrainConfig
+from training.config import ALSConfig, SearchConfig, TrainConfig
 from training.pipeline import TrainingError, train
 
 N_CUSTOMERS, N_ITEMS, N_GROUPS, DAYS = 300, 100, 4, 120
@@ -319,3 +320,32 @@ def test_column_mapping_for_the_log_does_not_break_a_canonical_catalog(tmp_path)
         say=quiet,
     )
     assert result.published
+
+
+# --- hyperparameter search ------------------------------------------------------
+
+
+def test_small_logs_are_searched_by_default_and_the_best_trial_is_chosen(log_path, tmp_path):
+    said: list[str] = []
+    cfg = fast_config(search=SearchConfig(max_trials=4))
+    result = train(log_path, models_dir=tmp_path, config=cfg, say=said.append)
+    assert any("search on" in line for line in said)
+    trials = result.manifest["search"]["trials"]
+    assert 1 < len(trials) <= 4
+    assert trials[0]["config"] == dataclasses.asdict(cfg.als)  # the defaults go first
+    best = max(trials, key=lambda t: t["metrics"]["ndcg@10"])
+    assert result.manifest["config"]["als_chosen"] == best["config"]
+
+
+@pytest.mark.parametrize(
+    "search",
+    [SearchConfig(enabled=False), SearchConfig(auto_max_rows=100)],
+    ids=["--no-search", "log larger than auto_max_rows"],
+)
+def test_no_search_when_off_or_the_log_is_large(log_path, tmp_path, search):
+    said: list[str] = []
+    cfg = fast_config(search=search)
+    result = train(log_path, models_dir=tmp_path, config=cfg, say=said.append)
+    assert result.manifest["search"] is None
+    assert result.manifest["config"]["als_chosen"] == dataclasses.asdict(cfg.als)
+    assert not any("hyperparameter search" in line for line in said)

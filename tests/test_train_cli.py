@@ -1,5 +1,6 @@
 """`encore train` / `recommend` end to end, in-process and as a real subprocess."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,8 +46,6 @@ def trained(shop, tmp_path_factory):
 
 
 def test_train_publishes_an_evaluated_version(trained):
-    import json
-
     version = current_version(trained)
     man = json.loads((trained / version / "manifest.json").read_text())
     rank = man["metrics"]["ranking"]
@@ -59,6 +58,19 @@ def test_train_publishes_an_evaluated_version(trained):
     assert "timing" in man["metrics"] and "buy_again" in man["metrics"]
     assert man["libraries"]["implicit"] != "not installed"
     assert len(man["config_hash"]) == 16
+    # a small log is searched by default (see test_pipeline for the rules)
+    assert man["config"]["search"]["enabled"] is None and len(man["search"]["trials"]) > 1
+
+
+def test_no_search_and_search_options(shop, tmp_path, capsys):
+    _, paths = shop
+    base = ["train", "--transactions", str(paths["transactions"]), "--no-timing"]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--search", "--no-search"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    assert main([*base, "--no-search", "--models-dir", str(tmp_path)]) == 0
+    man = json.loads((tmp_path / current_version(tmp_path) / "manifest.json").read_text())
+    assert man["config"]["search"]["enabled"] is False and man["search"] is None
 
 
 def test_crash_mid_training_leaves_the_published_version(trained, shop, monkeypatch, capsys):
@@ -93,8 +105,6 @@ def test_as_of_drops_later_rows(shop, tmp_path):
         ]
     )
     assert rc == 0
-    import json
-
     man = json.loads((tmp_path / current_version(tmp_path) / "manifest.json").read_text())
     later = (s.transactions["timestamp"] >= "2025-12-01").sum()
     assert man["validation"]["dropped"]["after_as_of"] == later > 0

@@ -78,9 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="horizon of the judged probability of buying (days)",
     )
-    t.add_argument("--search", action="store_true", help="search ALS hyperparameters")
-    t.add_argument("--search-budget", type=_positive_float, default=300.0, help="seconds")
-    t.add_argument("--search-trials", type=_positive_int, default=30)
+    srch = t.add_mutually_exclusive_group()
+    srch.add_argument(
+        "--search",
+        dest="search",
+        action="store_true",
+        default=None,
+        help="search ALS hyperparameters (default: only for logs of at most 1,000,000 rows)",
+    )
+    srch.add_argument(
+        "--no-search", dest="search", action="store_false", help="use the default ALS settings"
+    )
+    t.add_argument("--search-budget", type=_positive_float, default=120.0, help="seconds")
+    t.add_argument("--search-trials", type=_positive_int, default=12)
     t.add_argument("--factors", type=_positive_int)
     t.add_argument("--iterations", type=_positive_int)
     t.add_argument("--regularization", type=_positive_float)

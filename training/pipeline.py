@@ -1,12 +1,12 @@
 """``encore train``: from a transaction log to an evaluated, published model version.
 
 Steps: load and check the log; split off the last ``eval_days`` as an
-evaluation window; optionally search ALS hyperparameters on the window before
-it; fit ALS on the history before the window and judge it and the baselines on
-the window; refit on the whole log (warm-started); fit the next-purchase and
-buy-it-again models; write the version atomically; read it back and check it;
-only then switch ``current``. A crash anywhere leaves the published version as
-it was.
+evaluation window; search ALS hyperparameters on the window before it (by
+default only on logs small enough for that to take seconds); fit ALS on the
+history before the window and judge it and the baselines on the window; refit
+on the whole log (warm-started); fit the next-purchase and buy-it-again
+models; write the version atomically; read it back and check it; only then
+switch ``current``. A crash anywhere leaves the published version as it was.
 """
 
 from __future__ import annotations
@@ -214,7 +214,15 @@ def train(
                 "no customer with history buys in the evaluation window; "
                 "the model cannot be evaluated (check --as-of and --eval-days)"
             )
-        if cfg.search.enabled:
+        search_on = cfg.search.enabled
+        if search_on is None:
+            search_on = len(frame) <= cfg.search.auto_max_rows
+            say(
+                f"        search {'on' if search_on else 'off'}: the log has {len(frame):,} rows "
+                f"({'at most' if search_on else 'more than'} {cfg.search.auto_max_rows:,}; "
+                f"{'--no-search' if search_on else '--search'} to change)"
+            )
+        if search_on:
             with _step("hyperparameter search on the validation window", timings, say):
                 val_split = ranking.make_split(
                     frame,

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recommender.artifacts import publish, remove_stale_temporaries
 from recommender.bundle import Catalog, load_bundle_dir, save_bundle
@@ -87,17 +88,22 @@ def to_days(ts: pd.Series | np.ndarray) -> np.ndarray:
 
 
 def recent_popularity(
-    purchases: pd.DataFrame, customers: IdIndex, items: IdIndex, end: pd.Timestamp, days: int
+    purchases: pd.DataFrame,
+    history: sp.csr_matrix,
+    customers: IdIndex,
+    items: IdIndex,
+    end: pd.Timestamp,
+    days: int,
 ) -> np.ndarray:
-    """Distinct buyers per item over the last ``days`` (all time for items with none)."""
+    """Distinct buyers per item over the last ``days`` (all time for items with none).
+
+    ``history`` is the customer x item matrix of all ``purchases``.
+    """
     recent = purchases[purchases["timestamp"] >= end - pd.Timedelta(days=days)]
     m = build_matrix(recent.assign(weight=1.0), customers, items)
-    m.data[:] = 1.0
-    pop = np.asarray(m.sum(axis=0)).ravel()
-    allm = build_matrix(purchases.assign(weight=1.0), customers, items)
-    allm.data[:] = 1.0
+    pop = np.bincount(m.indices, minlength=len(items)).astype(np.float32)
     # all-time buyers break ties and rank items with no recent sale
-    pop_all = np.asarray(allm.sum(axis=0)).ravel()
+    pop_all = np.bincount(history.indices, minlength=len(items)).astype(np.float32)
     score = pop + pop_all / (pop_all.max(initial=0.0) + 1.0)
     return (score / max(score.max(initial=0.0), 1e-12)).astype(np.float32)
 
@@ -289,7 +295,7 @@ def train(
     if "timing" in metrics and "_calibration_png" in metrics["timing"]:
         reports["timing_calibration.png"] = metrics["timing"].pop("_calibration_png")
     history = build_matrix(purchases.assign(weight=1.0), customers, items)
-    popularity = recent_popularity(purchases, customers, items, end, cfg.popularity_days)
+    popularity = recent_popularity(purchases, history, customers, items, end, cfg.popularity_days)
     catalog = Catalog.from_frame(catalog_frame, items)
     topn = None
     n_scores = float(len(customers)) * float(len(items))

@@ -4,6 +4,8 @@ save/load round trip, batch equals single), and quality on known structure."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recommender.als import ALSRecommender, FactorError
 from recommender.base import NotFittedError, top_k
@@ -202,5 +204,25 @@ def test_top_k_equals_a_full_sort(n_cols, k, kind):
     items, top = top_k(s, k)
     kk = min(k, n_cols)
     np.testing.assert_array_equal(items, _reference_top_k(s, kk))
+    found = items >= 0
+    np.testing.assert_array_equal(top[found], s[np.nonzero(found)[0], items[found]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_rows=st.integers(1, 6),
+    n_cols=st.integers(1, 3000),
+    k=st.integers(1, 60),
+    tied=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_top_k_equals_a_full_sort_on_any_shape(n_rows, n_cols, k, tied, seed):
+    """The group size follows n_cols / k: every width, tail and tie pattern."""
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 4, (n_rows, n_cols)) if tied else rng.standard_normal((n_rows, n_cols))
+    s = s.astype(np.float32)
+    s[rng.random((n_rows, n_cols)) < 0.2] = -np.inf
+    items, top = top_k(s, k)
+    np.testing.assert_array_equal(items, _reference_top_k(s, min(k, n_cols)))
     found = items >= 0
     np.testing.assert_array_equal(top[found], s[np.nonzero(found)[0], items[found]])

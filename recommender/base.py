@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,6 +55,7 @@ class Recommender(ABC):
         *,
         exclude_seen: bool = False,
         batch_size: int | None = None,
+        workers: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item rows and scores for each customer row.
 
@@ -61,6 +63,10 @@ class Recommender(ABC):
         ``-1`` where fewer than ``k`` items are eligible) and scores (float32).
         Customers are scored in blocks of ``batch_size`` (default: as many as
         keep one block of scores near 16 million entries).
+
+        With ``workers`` above 1, that many threads rank blocks side by side
+        with BLAS held to one thread each; the blocks are the same, so the lists
+        are those one worker with single-threaded BLAS gives.
         """
         user_rows = np.asarray(user_rows, dtype=np.int64)
         k = int(min(k, self.n_items))
@@ -68,14 +74,37 @@ class Recommender(ABC):
             batch_size = int(np.clip(16_000_000 // max(self.n_items, 1), 16, 4096))
         out_items = np.full((len(user_rows), k), -1, dtype=np.int32)
         out_scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
-        for start, block in iter_blocks(user_rows, batch_size):
-            scores = self.score(block, user_items)
-            if exclude_seen:
-                mask_seen(scores, user_items, block)
-            items, top = top_k(scores, k)
+
+        def rank(start: int, block: np.ndarray) -> None:
+            items, top = self._rank_block(block, user_items, k, exclude_seen)
             out_items[start : start + len(block)] = items
             out_scores[start : start + len(block)] = top
+
+        blocks = list(iter_blocks(user_rows, batch_size))
+        if workers > 1 and len(blocks) > 1:
+            from threadpoolctl import threadpool_limits
+
+            # BLAS threads inside each worker would oversubscribe the cores,
+            # and a matrix product split across threads rounds differently
+            with threadpool_limits(1, "blas"), ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda b: rank(*b), blocks))
+        else:
+            for start, block in blocks:
+                rank(start, block)
         return out_items, out_scores
+
+    def _rank_block(
+        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items and scores of one block of customers, from dense scores.
+
+        Models whose scores are mostly one shared value override this with a
+        sparse path that must give the same lists.
+        """
+        scores = self.score(rows, user_items)
+        if exclude_seen:
+            mask_seen(scores, user_items, rows)
+        return top_k(scores, k)
 
 
 def seeded_subset(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
@@ -189,6 +218,140 @@ def _rank_candidates(
     picked = np.take_along_axis(items, best, axis=1).astype(np.int32)
     picked[~np.isfinite(top)] = -1
     return picked, top
+
+
+def top_k_sparse(
+    entries: sp.csr_matrix,
+    fill: np.ndarray,
+    k: int,
+    *,
+    exclude: sp.csr_matrix | None = None,
+    fill_order: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of rows that hold ``fill`` except where ``entries`` stores a value.
+
+    Gives the items and scores of ``top_k(dense, k)``, where every row of
+    ``dense`` is ``fill``, overwritten by each value ``entries`` stores (an
+    explicit zero included) and by ``-inf`` wherever ``exclude`` is nonzero,
+    without building ``dense``: a row costs its stored values and about ``k``
+    items of ``fill`` instead of the whole catalog.
+
+    Parameters
+    ----------
+    entries
+        Rows x items, each position stored at most once (as sparse products
+        and row selections give; call ``sum_duplicates`` otherwise).
+    fill
+        Score of every item a row does not store, the same for all rows.
+    k
+        Length of each list.
+    exclude
+        Rows x items; nonzero positions are left out (``exclude_seen``).
+    fill_order
+        ``np.argsort(-fill, kind="stable")``, if the caller keeps it.
+    """
+    entries = sp.csr_matrix(entries, dtype=np.float32)
+    n_rows, n_cols = entries.shape
+    k = min(k, n_cols)
+    if k <= 0 or n_rows == 0:
+        return _no_items(n_rows, k)
+    fill = np.asarray(fill, dtype=np.float32)
+    if fill_order is None:
+        fill_order = np.argsort(-fill, kind="stable")
+    counts = np.diff(entries.indptr)
+    rows = np.repeat(np.arange(n_rows), counts)
+    cols = entries.indices.astype(np.int64)
+    vals = entries.data
+    taken_rows, taken_cols = rows, cols  # positions the fill does not reach
+    if exclude is not None:
+        ex_rows, ex_cols = sp.csr_matrix(exclude).nonzero()
+        keep = ~in_sorted(rows * n_cols + cols, np.sort(ex_rows * n_cols + ex_cols))
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        counts = np.bincount(rows, minlength=n_rows)
+        taken_rows = np.concatenate([taken_rows, ex_rows])
+        taken_cols = np.concatenate([taken_cols, ex_cols])
+    floor = _kth_floor(rows, vals, counts, k)
+    keep = vals >= floor[rows]  # the rest cannot make a list
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    # a row whose floor beats every fill value takes nothing from the fill
+    needs_fill = ~(floor > fill.max())
+    wanted = needs_fill[taken_rows]
+    f_rows, f_cols = _first_untaken(
+        taken_rows[wanted], taken_cols[wanted], needs_fill, fill_order, k
+    )
+    return _rank_candidates(
+        np.concatenate([rows, f_rows]),
+        np.concatenate([cols, f_cols]),
+        np.concatenate([vals, fill[f_cols]]),
+        n_rows,
+        k,
+    )
+
+
+def _kth_floor(rows: np.ndarray, vals: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """Per row, a value that at least ``k`` of its ``vals`` reach (``-inf`` if none).
+
+    ``rows`` are grouped, ``counts[r]`` entries for row ``r``. Each row's values
+    are laid out in lines of a common width (a long row takes several) and
+    every line's ``k``-th best comes from the dense :func:`top_k`; the best of
+    a row's lines is the floor, close to its own ``k``-th best value.
+    """
+    floor = np.full(len(counts), -np.inf, dtype=np.float32)
+    if counts.max(initial=0) <= k:
+        return floor
+    width = max(2 * k, int(counts.mean()) + 1)
+    n_lines = -(-counts // width)
+    first = np.cumsum(n_lines) - n_lines
+    packed = np.full(int(n_lines.sum()) * width, -np.inf, dtype=np.float32)
+    shift = first * width - (np.cumsum(counts) - counts)
+    packed[np.arange(rows.size) + np.repeat(shift, counts)] = vals
+    line_kth = top_k(packed.reshape(-1, width), k)[1][:, k - 1]
+    np.maximum.at(floor, np.repeat(np.arange(len(counts)), n_lines), line_kth)
+    return floor
+
+
+def _first_untaken(
+    taken_rows: np.ndarray,
+    taken_cols: np.ndarray,
+    wanted: np.ndarray,
+    order: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``wanted`` row, the first ``k`` items of ``order`` it has not taken.
+
+    Returns ``(rows, items)``. A row's taken items sorted by their place in
+    ``order``, q_0 < q_1 < ..., have q_i - i untaken items before them, so the
+    m of them with q_i - i < k come before its k-th untaken item, and the
+    first k + m places of ``order`` hold exactly the k it gets.
+    """
+    n_rows, n_cols = len(wanted), len(order)
+    place = np.empty(n_cols, dtype=np.int64)
+    place[order] = np.arange(n_cols)
+    taken_place = place[taken_cols]
+    # only places below k + (the row's taken items) can matter; few are
+    near = taken_place < k + np.bincount(taken_rows, minlength=n_rows)[taken_rows]
+    taken = np.sort(taken_rows[near] * n_cols + taken_place[near])
+    taken = taken[np.diff(taken, prepend=-1) != 0]  # a stored item may be excluded too
+    t_rows, t_place = np.divmod(taken, n_cols)
+    t_count = np.bincount(t_rows, minlength=n_rows)
+    i = np.arange(taken.size) - np.repeat(np.cumsum(t_count) - t_count, t_count)
+    window = np.minimum(k + np.bincount(t_rows[t_place - i < k], minlength=n_rows), n_cols)
+    window[~wanted] = 0
+    rows = np.repeat(np.arange(n_rows), window)
+    places = np.arange(rows.size) - np.repeat(np.cumsum(window) - window, window)
+    free = ~in_sorted(rows * n_cols + places, taken)
+    return rows[free], order[places[free]]
+
+
+def in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Boolean mask: is each of ``values`` in ``sorted_keys`` (ascending).
+
+    ``np.isin`` deduplicates both sides first, which costs far more here.
+    """
+    if sorted_keys.size == 0:
+        return np.zeros(np.shape(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[pos] == values
 
 
 def _no_items(n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:

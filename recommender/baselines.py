@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender
+from recommender.base import Recommender, top_k_sparse
 
 
 class PopularityRecommender(Recommender):
@@ -22,12 +22,14 @@ class PopularityRecommender(Recommender):
 
     def __init__(self) -> None:
         self.item_scores_: np.ndarray | None = None
+        self.item_order_: np.ndarray | None = None
 
     def fit(self, user_items: sp.csr_matrix) -> PopularityRecommender:
         binary = sp.csr_matrix(user_items, copy=True)
         binary.data = np.ones_like(binary.data)
         counts = np.asarray(binary.sum(axis=0)).ravel().astype(np.float32)
         self.item_scores_ = counts / max(float(counts.max(initial=0.0)), 1.0)
+        self.item_order_ = np.argsort(-self.item_scores_, kind="stable")
         return self
 
     @property
@@ -40,6 +42,21 @@ class PopularityRecommender(Recommender):
         self._check_fitted("item_scores_")
         assert self.item_scores_ is not None
         return np.tile(self.item_scores_, (len(user_rows), 1))
+
+    def _rank_block(
+        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # everyone gets the same row of scores: nothing stored, all fill
+        self._check_fitted("item_scores_")
+        assert self.item_scores_ is not None
+        none = sp.csr_matrix((len(rows), self.n_items), dtype=np.float32)
+        return top_k_sparse(
+            none,
+            self.item_scores_,
+            k,
+            exclude=user_items[rows] if exclude_seen else None,
+            fill_order=self.item_order_,
+        )
 
 
 class PersonalFrequencyRecommender(Recommender):
@@ -67,6 +84,27 @@ class PersonalFrequencyRecommender(Recommender):
         # popularity in [0, 1] only breaks ties and fills after the own items
         return own * 2.0 + self.popularity_.score(user_rows) * (own == 0)
 
+    def _rank_block(
+        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # the rows of score() without the dense matrix: twice the count where
+        # the customer bought, popularity everywhere else
+        self._check_fitted("popularity_")
+        assert self.popularity_ is not None and self.popularity_.item_scores_ is not None
+        history = user_items[rows]
+        own = sp.csr_matrix(history, copy=True)
+        own.sum_duplicates()
+        own = own.astype(np.float32)
+        own.eliminate_zeros()
+        own.data *= 2.0
+        return top_k_sparse(
+            own,
+            self.popularity_.item_scores_,
+            k,
+            exclude=history if exclude_seen else None,
+            fill_order=self.popularity_.item_order_,
+        )
+
 
 class ItemKNNRecommender(Recommender):
     """Item-based nearest neighbours: cosine similarity of item purchase vectors.
@@ -82,11 +120,15 @@ class ItemKNNRecommender(Recommender):
     def __init__(self, k: int = 100) -> None:
         self.k = k
         self.similarity_: sp.csr_matrix | None = None
+        self._similarity_t: sp.csr_matrix | None = None
 
     def fit(self, user_items: sp.csr_matrix) -> ItemKNNRecommender:
         from implicit.nearest_neighbours import CosineRecommender
 
         x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        # an item whose only entries are stored zeros would get NaN similarities
+        # (0 / 0 in the cosine normalisation)
+        x.eliminate_zeros()
         x.data = np.log1p(x.data)
         model = CosineRecommender(K=self.k, num_threads=0)
         with warnings.catch_warnings():
@@ -97,6 +139,9 @@ class ItemKNNRecommender(Recommender):
         sim.setdiag(0.0)  # an item is not its own neighbour
         sim.eliminate_zeros()
         self.similarity_ = sim
+        # scores are history @ S^T; a CSC right operand would be converted to
+        # CSR on every product
+        self._similarity_t = sim.T.tocsr()
         return self
 
     @property
@@ -106,9 +151,24 @@ class ItemKNNRecommender(Recommender):
         return int(self.similarity_.shape[0])
 
     def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(self._sparse_scores(user_rows, user_items).toarray(), dtype=np.float32)
+
+    def _sparse_scores(self, user_rows: np.ndarray, user_items: sp.csr_matrix) -> sp.csr_matrix:
         self._check_fitted("similarity_")
-        assert self.similarity_ is not None
+        assert self._similarity_t is not None
         hist = user_items[np.asarray(user_rows)].astype(np.float32)
         hist.data = np.log1p(hist.data)
         # row i of similarity_ holds item i's neighbours; score = history @ S^T
-        return np.asarray((hist @ self.similarity_.T).toarray(), dtype=np.float32)
+        return hist @ self._similarity_t
+
+    def _rank_block(
+        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # items no neighbour of the history reaches score 0
+        return top_k_sparse(
+            self._sparse_scores(rows, user_items),
+            np.zeros(self.n_items, dtype=np.float32),
+            k,
+            exclude=user_items[rows] if exclude_seen else None,
+            fill_order=np.arange(self.n_items),
+        )

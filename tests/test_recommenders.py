@@ -6,9 +6,10 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
 
 from recommender.als import ALSRecommender, FactorError
-from recommender.base import NotFittedError, top_k
+from recommender.base import NotFittedError, mask_seen, top_k, top_k_sparse
 from recommender.baselines import (
     ItemKNNRecommender,
     PersonalFrequencyRecommender,
@@ -226,3 +227,125 @@ def test_top_k_equals_a_full_sort_on_any_shape(n_rows, n_cols, k, tied, seed):
     np.testing.assert_array_equal(items, _reference_top_k(s, min(k, n_cols)))
     found = items >= 0
     np.testing.assert_array_equal(top[found], s[np.nonzero(found)[0], items[found]])
+
+
+# -- fast paths against the dense reference ------------------------------------
+
+# few distinct values, so ties (and ties with the fill) are common
+TIED = st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, -1.0])
+
+
+@st.composite
+def sparse_rows(draw, max_rows=8, max_cols=90):
+    """A small rows x items matrix (explicit zeros, empty rows), a fill row, k."""
+    n_rows = draw(st.integers(1, max_rows))
+    n_cols = draw(st.integers(1, max_cols))
+    cells = draw(
+        st.sets(st.tuples(st.integers(0, n_rows - 1), st.integers(0, n_cols - 1)), max_size=300)
+    )
+    r, c = (np.array(x, dtype=np.int64) for x in zip(*cells, strict=True)) if cells else ([], [])
+    v = np.array(draw(st.lists(TIED, min_size=len(cells), max_size=len(cells))), np.float32)
+    entries = sp.csr_matrix((v, (r, c)), shape=(n_rows, n_cols), dtype=np.float32)
+    fill_values = st.sampled_from([0.0, 0.25, 1.0, -np.inf])
+    fill = np.array(draw(st.lists(fill_values, min_size=n_cols, max_size=n_cols)), np.float32)
+    k = draw(st.integers(1, n_cols + 5))  # also longer than any row's stored values
+    return entries, fill, k
+
+
+def _dense(entries, fill, exclude=None):
+    dense = np.tile(fill, (entries.shape[0], 1))
+    coo = entries.tocoo()
+    dense[coo.row, coo.col] = coo.data  # stored values, explicit zeros included
+    if exclude is not None:
+        mask_seen(dense, exclude, np.arange(entries.shape[0]))
+    return dense
+
+
+@settings(max_examples=300, deadline=None)
+@given(sparse_rows(), st.booleans(), st.integers(0, 2**31))
+def test_top_k_sparse_equals_dense_top_k(case, with_exclude, seed):
+    entries, fill, k = case
+    exclude = None
+    if with_exclude:
+        exclude = sp.random(*entries.shape, density=0.3, format="csr", random_state=seed)
+    dense = _dense(entries, fill, exclude)
+    items, top = top_k_sparse(entries, fill, k, exclude=exclude)
+    ref_items, ref_top = top_k(dense, k)
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_array_equal(top, ref_top)
+    np.testing.assert_array_equal(items, _reference_top_k(dense, min(k, dense.shape[1])))
+
+
+def test_top_k_sparse_long_rows_and_unsorted_columns():
+    """Rows far longer than k (several packed lines each) in the column order of
+    a sparse product, which is not sorted; ties among stored values and with the fill."""
+    rng = np.random.default_rng(3)
+    n_rows, n_cols, k = 40, 3000, 20
+    lengths = np.minimum((rng.pareto(1.0, n_rows) * 200).astype(int), n_cols)
+    lengths[:3] = [0, 5, n_cols]
+    cols = np.concatenate([rng.permutation(n_cols)[:n] for n in lengths])
+    vals = rng.integers(0, 6, cols.size).astype(np.float32) / 2
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    entries = sp.csr_matrix((vals, cols, indptr), shape=(n_rows, n_cols))
+    assert not entries.has_sorted_indices
+    for fill in (np.zeros(n_cols, np.float32), rng.integers(0, 3, n_cols).astype(np.float32)):
+        for exclude in (
+            None,
+            sp.random(n_rows, n_cols, density=0.05, format="csr", random_state=1),
+        ):
+            dense = _dense(entries, fill, exclude)
+            items, top = top_k_sparse(entries, fill, k, exclude=exclude)
+            np.testing.assert_array_equal(items, _reference_top_k(dense, k))
+            np.testing.assert_array_equal(top, top_k(dense, k)[1])
+
+
+@st.composite
+def histories(draw):
+    """Purchase counts for fitting and a second history to rank from
+    (-1: not stored; 0: an explicit zero)."""
+    n_users = draw(st.integers(1, 25))
+    n_items = draw(st.integers(1, 40))
+    mats = []
+    for _ in range(2):
+        cells = np.array(
+            draw(
+                st.lists(
+                    st.sampled_from([-1, -1, -1, 0, 1, 1, 2, 5]),
+                    min_size=n_users * n_items,
+                    max_size=n_users * n_items,
+                )
+            ),
+            dtype=np.float32,
+        ).reshape(n_users, n_items)
+        r, c = np.nonzero(cells >= 0)
+        mats.append(sp.csr_matrix((cells[r, c], (r, c)), shape=cells.shape))
+    return mats[0], mats[1], draw(st.integers(1, n_items + 3))
+
+
+@pytest.mark.parametrize("name", ["popularity", "item_knn", "personal_frequency"])
+@settings(max_examples=60, deadline=None)
+@given(case=histories(), exclude_seen=st.booleans())
+def test_baseline_lists_equal_dense_scores(name, case, exclude_seen):
+    """Each baseline's sparse ranking gives the lists of its own dense score()
+    with top_k, ties and masked items included."""
+    train, history, k = case
+    model = MODELS[name]().fit(train)
+    rows = np.arange(history.shape[0])
+    items, scores = model.recommend(rows, history, k=k, exclude_seen=exclude_seen, batch_size=4)
+    dense = model.score(rows, history)
+    if exclude_seen:
+        mask_seen(dense, history, rows)
+    ref_items, ref_scores = top_k(dense, k)
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_workers_give_the_same_lists(fitted, data):
+    _, model = fitted
+    train, *_ = data
+    rows = np.arange(train.shape[0])
+    with threadpool_limits(1, "blas"):
+        one = model.recommend(rows, train, k=10, batch_size=32)
+    many = model.recommend(rows, train, k=10, batch_size=32, workers=3)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])

@@ -12,23 +12,19 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender
+from recommender.base import Recommender, in_sorted
 
 
 def _hits(ranked: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
     """Boolean ``(n, k)``: is ``ranked[u, j]`` in row ``u`` of ``relevant``."""
-    n, k = ranked.shape
-    hits = np.zeros((n, k), dtype=bool)
-    rel = relevant.tocsr()
-    rel.sort_indices()
-    for u in range(n):
-        idx = rel.indices[rel.indptr[u] : rel.indptr[u + 1]]
-        if idx.size:
-            row = ranked[u]
-            pos = np.searchsorted(idx, row)
-            pos = np.minimum(pos, idx.size - 1)
-            hits[u] = (idx[pos] == row) & (row >= 0)
-    return hits
+    n, _ = ranked.shape
+    rel = sp.csr_matrix(relevant)
+    n_items = rel.shape[1]
+    # one sorted key per (customer, item) pair answers every lookup at once
+    rel_rows = np.repeat(np.arange(rel.shape[0], dtype=np.int64), np.diff(rel.indptr))
+    keys = np.sort(rel_rows * n_items + rel.indices)
+    wanted = np.arange(n, dtype=np.int64)[:, None] * n_items + ranked
+    return in_sorted(wanted, keys) & (ranked >= 0)
 
 
 def _discounts(k: int) -> np.ndarray:
@@ -130,10 +126,15 @@ def evaluate_recommender(
     k_recall: int = 20,
     k_map: int = 10,
     exclude_seen: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Rank for ``user_rows`` from ``history`` and score against ``relevant``."""
+    """Rank for ``user_rows`` from ``history`` and score against ``relevant``.
+
+    ``workers`` threads rank blocks of customers side by side (see
+    :meth:`Recommender.recommend`).
+    """
     k = max(k_ndcg, k_recall, k_map)
-    ranked, _ = model.recommend(user_rows, history, k=k, exclude_seen=exclude_seen)
+    ranked, _ = model.recommend(user_rows, history, k=k, exclude_seen=exclude_seen, workers=workers)
     return evaluate_rankings(
         ranked,
         relevant[user_rows],

@@ -114,3 +114,35 @@ def test_moving_a_hit_up_never_lowers_ndcg(case):
 
 def test_coverage():
     assert catalog_coverage(np.array([[0, 1], [1, -1]]), 4) == pytest.approx(0.5)
+
+
+@st.composite
+def ranked_lists(draw):
+    """Several customers' lists (-1 padded) and relevant sets (some empty)."""
+    n_items = draw(st.integers(1, 12))
+    n_users = draw(st.integers(1, 8))
+    k = draw(st.integers(1, 6))
+    lists, sets = [], []
+    for _ in range(n_users):
+        items = draw(st.lists(st.integers(0, n_items - 1), max_size=k, unique=True))
+        lists.append(items + [-1] * (k - len(items)))
+        sets.append(draw(st.sets(st.integers(0, n_items - 1))))
+    return np.array(lists), sets, n_items, k
+
+
+@settings(max_examples=300, deadline=None)
+@given(ranked_lists())
+def test_metrics_equal_a_plain_count(case):
+    """Per-customer hits looked up for all customers at once equal a set test per
+    customer (padding never matches, not even the previous customer's last item)."""
+    ranked, sets, n_items, k = case
+    rel = rel_matrix(sets, n_items)
+    disc = 1 / np.log2(np.arange(2, k + 2))
+    for u, (row, relevant) in enumerate(zip(ranked, sets, strict=True)):
+        hits = np.array([item in relevant for item in row])
+        if not relevant:
+            assert np.isnan(recall_at_k(ranked, rel, k)[u])
+            continue
+        assert recall_at_k(ranked, rel, k)[u] == pytest.approx(hits.sum() / len(relevant))
+        ideal = disc[: min(k, len(relevant))].sum()
+        assert ndcg_at_k(ranked, rel, k)[u] == pytest.approx((hits * disc).sum() / ideal)

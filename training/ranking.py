@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from recommender.metrics import evaluate_recommender
 from training.config import ALSConfig
 
 K_NDCG, K_RECALL, K_MAP = 10, 20, 10
+#: Each ranking thread holds a block of dense scores (about 64 MB).
+MAX_EVAL_WORKERS = 4
 
 
 @dataclass
@@ -90,8 +93,14 @@ def fit_als(matrix: sp.csr_matrix, cfg: ALSConfig, seed: int, **kw: Any) -> ALSR
     return model.fit(matrix, **kw)
 
 
-def evaluate(model: Recommender, split: Split) -> dict[str, Any]:
-    """nDCG@10, recall@20 (all / repeat / new items), MAP@10, coverage on ``split``."""
+def evaluate(model: Recommender, split: Split, workers: int | None = None) -> dict[str, Any]:
+    """nDCG@10, recall@20 (all / repeat / new items), MAP@10, coverage on ``split``.
+
+    ``workers`` threads rank the customers (default: one per core, at most
+    :data:`MAX_EVAL_WORKERS`; see :meth:`Recommender.recommend`).
+    """
+    if workers is None:
+        workers = min(os.cpu_count() or 1, MAX_EVAL_WORKERS)
     return evaluate_recommender(
         model,
         split.counts,
@@ -100,6 +109,7 @@ def evaluate(model: Recommender, split: Split) -> dict[str, Any]:
         k_ndcg=K_NDCG,
         k_recall=K_RECALL,
         k_map=K_MAP,
+        workers=workers,
     )
 
 

@@ -2,12 +2,12 @@
 
 For each shop preset it runs the real pipeline with its defaults (which search
 the ALS hyperparameters on the window before the evaluation window, as these
-logs are small), again with ``--no-search``, and, on the very same split, a grid of ``implicit`` ALS fits configured
-by hand the way its documentation suggests (BM25-weighted counts, a few
-factors/regularisation/alpha settings); the best of that grid *on the
-evaluation window itself* is the "tuned by hand" reference, so it is an
-optimistic bar for Encore to meet. Prints nDCG@10 and recall@20 for Encore,
-the baselines and the reference, and the ratios.
+logs are small), again with ``--no-search``, and, on the very same split, a
+grid of ``implicit`` ALS fits configured by hand the way its documentation
+suggests (BM25-weighted counts, a few factors/regularisation/alpha settings);
+the best of that grid *on the evaluation window itself* is the "tuned by hand"
+reference, so it is an optimistic bar for Encore to meet. Prints nDCG@10 and
+recall@20 for Encore, the baselines and the reference, and the ratios.
 
 Usage::
 

@@ -6,8 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from scipy.special import betaincc
 
-from recommender.repurchase import NotFittedError, RepurchaseModel, RepurchaseStateError
+from recommender.repurchase import (
+    NotFittedError,
+    RepurchaseModel,
+    RepurchaseStateError,
+    _survival,
+)
 
 AS_OF = 365.0
 WINDOW = 7.0
@@ -228,3 +234,15 @@ def test_item_priors_from_a_customer_sample_score_every_customer(shop, model):
     assert np.all(np.abs(np.log(cycle_ratio)) < 0.25)
     drop = np.abs(sampled.item_dropout_[rep] - model.item_dropout_[rep])
     assert np.median(drop) < 0.05
+
+
+def test_survival_on_distinct_rows_equals_betaincc_everywhere():
+    rng = np.random.default_rng(0)
+    n = 5000
+    # few distinct values per column, so many rows repeat exactly
+    k = rng.choice([0.8, 1.5, 3.0], n)
+    a = rng.choice([2.0, 7.5, 40.0], n)
+    x = rng.choice(np.linspace(0.0, 1.0, 23), n)
+    assert np.array_equal(_survival(k, a, x), betaincc(k, a, x))
+    assert np.array_equal(_survival(k[:1], a[:1], x[:1]), betaincc(k[:1], a[:1], x[:1]))
+    assert _survival(k[:0], a[:0], x[:0]).shape == (0,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,91 +96,109 @@ def fit_timing_models(
         window_kind = "last window of the log (model refitted without it)"
     p_h = float(cfg.timing_p_horizon_days or eval_h)
 
-    # The timing models see one row per customer and purchase day, sorted:
-    # deduplicated once here instead of in every fit.
-    tc, td = _customer_days(cust_codes, days)
-    timing: PurchaseTimingModel | None = None
-    try:
-        timing = make_timing(end_day).fit(tc, td, end_day, n_c)
-        metrics["timing_selection"] = timing.selection_
-    except Exception as exc:
-        warn(f"next-purchase model not published: {exc}")
-
-    before = days < eval_cut
-    t_before = td < eval_cut
-    try:
-        if fut_c is not None:
-            evaluated = timing
-        elif not t_before.any():
-            evaluated = None
-            warn("next-purchase model not evaluated: no purchase before the evaluation window")
-        else:
-            # Judge the published choice of model, refitted without the window (the
-            # selection among candidates itself already used a held-out window).
-            chosen = (timing.model_name_,) if timing is not None else None
-            evaluated = timing.calibration_model() if timing is not None else None
-            if evaluated is None or evaluated.as_of_day_ != eval_cut:
-                # the selection's calibration fit ended elsewhere: refit
-                evaluated = (
-                    PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
-                ).fit(tc[t_before], td[t_before], eval_cut, n_c)
-        if evaluated is not None:
-            judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
-            judged["window"] = window_kind
-            metrics["timing"] = judged
-    except Exception as exc:  # reported; publishing depends on the final fit only
-        warn(f"next-purchase model could not be evaluated: {exc}")
-
-    repurchase: RepurchaseModel | None = None
-    ok = item_codes >= 0
-    if n_i >= 2:
+    def timing_part() -> tuple[PurchaseTimingModel | None, dict[str, Any]]:
+        out: dict[str, Any] = {}
+        # The timing models see one row per customer and purchase day, sorted:
+        # deduplicated once here instead of in every fit.
+        tc, td = _customer_days(cust_codes, days)
+        timing: PurchaseTimingModel | None = None
         try:
-            repurchase = RepurchaseModel(min_customer_purchases=1).fit(
-                cust_codes[ok], item_codes[ok], days[ok], end_day, n_c, n_i
-            )
-            if not np.asarray(repurchase.is_repurchase_item_).any():
-                warn("buy-again model: no item is rebought by enough customers; none published")
+            timing = make_timing(end_day).fit(tc, td, end_day, n_c)
+            out["timing_selection"] = timing.selection_
+        except Exception as exc:
+            warn(f"next-purchase model not published: {exc}")
+
+        t_before = td < eval_cut
+        try:
+            if fut_c is not None:
+                evaluated = timing
+            elif not t_before.any():
+                evaluated = None
+                warn("next-purchase model not evaluated: no purchase before the evaluation window")
+            else:
+                # Judge the published choice of model, refitted without the window (the
+                # selection among candidates itself already used a held-out window).
+                chosen = (timing.model_name_,) if timing is not None else None
+                evaluated = timing.calibration_model() if timing is not None else None
+                if evaluated is None or evaluated.as_of_day_ != eval_cut:
+                    # the selection's calibration fit ended elsewhere: refit
+                    evaluated = (
+                        PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
+                    ).fit(tc[t_before], td[t_before], eval_cut, n_c)
+            if evaluated is not None:
+                judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
+                judged["window"] = window_kind
+                out["timing"] = judged
+        except Exception as exc:  # reported; publishing depends on the final fit only
+            warn(f"next-purchase model could not be evaluated: {exc}")
+
+        return timing, out
+
+    def repurchase_part() -> tuple[RepurchaseModel | None, dict[str, Any]]:
+        out: dict[str, Any] = {}
+        before = days < eval_cut
+        repurchase: RepurchaseModel | None = None
+        ok = item_codes >= 0
+        if n_i >= 2:
+            try:
+                repurchase = RepurchaseModel(min_customer_purchases=1).fit(
+                    cust_codes[ok], item_codes[ok], days[ok], end_day, n_c, n_i
+                )
+                if not np.asarray(repurchase.is_repurchase_item_).any():
+                    warn("buy-again model: no item is rebought by enough customers; none published")
+                    repurchase = None
+            except Exception as exc:
+                warn(f"buy-again model not published: {exc}")
                 repurchase = None
-        except Exception as exc:
-            warn(f"buy-again model not published: {exc}")
-            repurchase = None
-        try:
-            if fut_c is not None and repurchase is not None:
-                assert fut_i is not None and fut_days is not None
-                hist_c, hist_i, hist_d = cust_codes[ok], item_codes[ok], days[ok]
-                metrics["buy_again"] = _judge_buy_again(
-                    repurchase,
-                    np.concatenate([hist_c, fut_c[fut_i >= 0]]),
-                    np.concatenate([hist_i, fut_i[fut_i >= 0]]),
-                    np.concatenate([hist_d, fut_days[fut_i >= 0]]),
-                    eval_cut,
-                    eval_h,
-                    n_c,
-                    n_i,
-                    max_customers=cfg.max_eval_customers,
-                )
-            elif fut_c is None and (before & ok).any():
-                ev = RepurchaseModel(min_customer_purchases=1).fit(
-                    cust_codes[before & ok],
-                    item_codes[before & ok],
-                    days[before & ok],
-                    eval_cut,
-                    n_c,
-                    n_i,
-                )
-                metrics["buy_again"] = _judge_buy_again(
-                    ev,
-                    cust_codes[ok],
-                    item_codes[ok],
-                    days[ok],
-                    eval_cut,
-                    eval_h,
-                    n_c,
-                    n_i,
-                    max_customers=cfg.max_eval_customers,
-                )
-        except Exception as exc:
-            warn(f"buy-again model could not be evaluated: {exc}")
+            try:
+                if fut_c is not None and repurchase is not None:
+                    assert fut_i is not None and fut_days is not None
+                    hist_c, hist_i, hist_d = cust_codes[ok], item_codes[ok], days[ok]
+                    out["buy_again"] = _judge_buy_again(
+                        repurchase,
+                        np.concatenate([hist_c, fut_c[fut_i >= 0]]),
+                        np.concatenate([hist_i, fut_i[fut_i >= 0]]),
+                        np.concatenate([hist_d, fut_days[fut_i >= 0]]),
+                        eval_cut,
+                        eval_h,
+                        n_c,
+                        n_i,
+                        max_customers=cfg.max_eval_customers,
+                    )
+                elif fut_c is None and (before & ok).any():
+                    ev = RepurchaseModel(min_customer_purchases=1).fit(
+                        cust_codes[before & ok],
+                        item_codes[before & ok],
+                        days[before & ok],
+                        eval_cut,
+                        n_c,
+                        n_i,
+                    )
+                    out["buy_again"] = _judge_buy_again(
+                        ev,
+                        cust_codes[ok],
+                        item_codes[ok],
+                        days[ok],
+                        eval_cut,
+                        eval_h,
+                        n_c,
+                        n_i,
+                        max_customers=cfg.max_eval_customers,
+                    )
+            except Exception as exc:
+                warn(f"buy-again model could not be evaluated: {exc}")
+        return repurchase, out
+
+    # The two models share nothing but the input arrays, and their costly
+    # parts (special functions, sorts, bincounts) run in numpy and scipy
+    # without the GIL: fitting them side by side uses both cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        timing_job = pool.submit(timing_part)
+        repurchase_job = pool.submit(repurchase_part)
+        timing, timing_metrics = timing_job.result()
+        repurchase, repurchase_metrics = repurchase_job.result()
+    metrics.update(timing_metrics)
+    metrics.update(repurchase_metrics)
     return timing, repurchase, metrics
 
 

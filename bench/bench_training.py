@@ -13,6 +13,7 @@ It prints the ratio encore / reference (goal: at most 1.5) and peak memory
 (goal: under 4 GiB). Usage::
 
     python bench/bench_training.py [--interactions 5000000] [--customers 500000] [--items 50000]
+                                   [--train-args "--no-timing"]
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=500_000)
     ap.add_argument("--items", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--train-args",
+        default="",
+        help='extra `encore train` options, e.g. "--no-timing" (the ALS part alone)',
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -124,6 +130,7 @@ def main() -> None:
             "--top-n",
             "100",
             "--no-search",
+            *args.train_args.split(),
         ]
         _, _, out = run(cmd, env)
         res = json.loads(out.strip().splitlines()[-1])
@@ -138,8 +145,9 @@ def main() -> None:
         steps = [ln for ln in res["out"].splitlines() if ln.startswith("[done]")]
         print("encore train steps:\n  " + "\n  ".join(steps))
         ratio = res["wall"] / ref_fit
+        extra = f", {args.train_args}" if args.train_args else ""
         print(
-            f"encore train (whole run, no search): {res['wall']:.1f}s, "
+            f"encore train (whole run, no search{extra}): {res['wall']:.1f}s, "
             f"peak {res['peak'] / 2**30:.2f} GiB"
         )
         print(

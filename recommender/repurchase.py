@@ -38,6 +38,7 @@ from scipy import optimize
 from scipy.special import betaincc, digamma, gammaln, polygamma
 
 from recommender.base import seeded_subset
+from recommender.timing import on_distinct_rows
 
 __all__ = ["NotFittedError", "RepurchaseModel", "RepurchaseStateError"]
 
@@ -96,24 +97,6 @@ def _distinct_sorted(
     c, i, day = c[order], i[order], day[order]
     new = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1]) | (day[1:] != day[:-1])]
     return c[new], i[new], day[new]
-
-
-def _survival(k: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``betaincc(k, a, x)``, evaluated once per distinct ``(k, a, x)``.
-
-    Pairs of one item with the same repeats, total gap and days since the last
-    purchase share all three (whole days make that common: about half of the
-    pairs on a 5M-row log), and the incomplete beta is the costly part of
-    fitting and scoring the buy-again model.
-    """
-    if x.size < 2:
-        return np.asarray(betaincc(k, a, x), dtype=np.float64)
-    order = np.lexsort((x, a, k))
-    ks, as_, xs = k[order], a[order], x[order]
-    new = np.r_[True, (ks[1:] != ks[:-1]) | (as_[1:] != as_[:-1]) | (xs[1:] != xs[:-1])]
-    out = np.empty(x.size, dtype=np.float64)
-    out[order] = betaincc(ks[new], as_[new], xs[new])[np.cumsum(new) - 1]
-    return out
 
 
 def _distinct_weighted(
@@ -434,7 +417,7 @@ class RepurchaseModel:
         # the cost, and an item-level rate needs no more
         pairs = np.flatnonzero(in_sample[self.pair_customer_])
         k, a, b, e = self._pair_gaps(pairs, self.as_of_day_)
-        surv = _survival(k, a, e / (e + b))  # P(no rebuy yet | still buying)
+        surv = on_distinct_rows(betaincc, k, a, e / (e + b))  # P(no rebuy yet | still buying)
         item = self.pair_item_[pairs]
         m = (self.pair_n_[pairs] - 1).astype(np.float64)
 
@@ -661,8 +644,8 @@ class RepurchaseModel:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(rebuy within ``within_days``), cycle days and days since last, per pair."""
         k, a, b, e = self._pair_gaps(pairs, at_day)
-        s_now = _survival(k, a, e / (e + b))
-        s_then = _survival(k, a, (e + within_days) / (e + within_days + b))
+        s_now = on_distinct_rows(betaincc, k, a, e / (e + b))
+        s_then = on_distinct_rows(betaincc, k, a, (e + within_days) / (e + within_days + b))
         with np.errstate(invalid="ignore", divide="ignore"):
             p = (s_now - s_then) / s_now
         # far in the tail both survivals underflow: use the power-law tail of

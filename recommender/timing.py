@@ -377,11 +377,12 @@ def _row_groups(*flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[new], inverse
 
 
-def _on_unique(func: Any, *cols: np.ndarray) -> np.ndarray:
+def on_distinct_rows(func: Any, *cols: np.ndarray) -> np.ndarray:
     """``func(*cols)`` evaluated once per distinct row of ``cols`` (broadcast first).
 
     The special functions here cost microseconds per call; customers share
-    few distinct ``(x, T)`` values, so this is many times faster on big data.
+    few distinct ``(x, T)`` values (and buy-again pairs few distinct gap
+    parameters), so this is many times faster on big data.
     """
     arrs = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in cols))
     shape = arrs[0].shape
@@ -845,7 +846,7 @@ class _BetaGeometricModel(_TimingModel):
         c = a + b + xa + m - 1.0
         z = t_arr / (alpha + Ta + t_arr)
         log1mz = -np.log1p(t_arr / (alpha + Ta))
-        F = _on_unique(lambda cc, zz: hyp2f1(a + b + m - 1.0 - r, a - 1.0, cc, zz), c, z)
+        F = on_distinct_rows(lambda cc, zz: hyp2f1(a + b + m - 1.0 - r, a - 1.0, cc, zz), c, z)
         bracket = -np.expm1((a - 1.0) * log1mz) - np.exp((a - 1.0) * log1mz) * (F - 1.0)
         pa = expit(-self._log_odds_dead(xa, ta, Ta))
         out = c / (a - 1.0) * bracket * pa
@@ -1014,10 +1015,10 @@ class ParetoNBD(_TimingModel):
         return v_hi * (h @ _GL_W)
 
     def _p_purchase_given_alive(self, t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
-        return _on_unique(self._p_purchase_given_alive_rows, t, x, T)
+        return on_distinct_rows(self._p_purchase_given_alive_rows, t, x, T)
 
     def _median_given_alive(self, x: np.ndarray, T: np.ndarray) -> np.ndarray:
-        return _on_unique(self._median_given_alive_rows, x, T)
+        return on_distinct_rows(self._median_given_alive_rows, x, T)
 
     def _p_purchase_given_alive_rows(
         self, t: np.ndarray, x: np.ndarray, T: np.ndarray

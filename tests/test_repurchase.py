@@ -12,8 +12,8 @@ from recommender.repurchase import (
     NotFittedError,
     RepurchaseModel,
     RepurchaseStateError,
-    _survival,
 )
+from recommender.timing import on_distinct_rows
 
 AS_OF = 365.0
 WINDOW = 7.0
@@ -236,13 +236,15 @@ def test_item_priors_from_a_customer_sample_score_every_customer(shop, model):
     assert np.median(drop) < 0.05
 
 
-def test_survival_on_distinct_rows_equals_betaincc_everywhere():
+def test_betaincc_on_distinct_rows_equals_betaincc_everywhere():
     rng = np.random.default_rng(0)
     n = 5000
     # few distinct values per column, so many rows repeat exactly
     k = rng.choice([0.8, 1.5, 3.0], n)
     a = rng.choice([2.0, 7.5, 40.0], n)
     x = rng.choice(np.linspace(0.0, 1.0, 23), n)
-    assert np.array_equal(_survival(k, a, x), betaincc(k, a, x))
-    assert np.array_equal(_survival(k[:1], a[:1], x[:1]), betaincc(k[:1], a[:1], x[:1]))
-    assert _survival(k[:0], a[:0], x[:0]).shape == (0,)
+    assert np.array_equal(on_distinct_rows(betaincc, k, a, x), betaincc(k, a, x))
+    assert np.array_equal(
+        on_distinct_rows(betaincc, k[:1], a[:1], x[:1]), betaincc(k[:1], a[:1], x[:1])
+    )
+    assert on_distinct_rows(betaincc, k[:0], a[:0], x[:0]).shape == (0,)

@@ -347,7 +347,15 @@ def _pareto_integral_ll(params, x, t_x, T):
 
 
 @pytest.mark.parametrize(
-    "params", [(0.553, 10.578, 0.606, 11.669), (0.5, 20.0, 1.5, 3.0), (2.0, 1.0, 0.3, 40.0)]
+    "params",
+    [
+        (0.553, 10.578, 0.606, 11.669),
+        (0.5, 20.0, 1.5, 3.0),
+        (2.0, 1.0, 0.3, 40.0),
+        # hardly any churn: z = 1 - w with w down to 1e-4 (the connection formula)
+        (1.044, 2.828, 0.00064, 15144.0),
+        (0.8, 40000.0, 0.3, 2.0),
+    ],
 )
 def test_pareto_likelihood_matches_integral_form(params):
     """Both branches (alpha >= beta and alpha < beta) of the hypergeometric form."""
@@ -357,6 +365,43 @@ def test_pareto_likelihood_matches_integral_form(params):
     m = ParetoNBD.from_params(dict(zip(("r", "alpha", "s", "beta"), params, strict=True)))
     ref = [_pareto_integral_ll(params, *row) for row in zip(x, t_x, T, strict=True)]
     np.testing.assert_allclose(m.log_likelihood(x, t_x, T), ref, rtol=1e-9)
+
+
+# 2F1(1, b; c; 1 - w) to 17 digits, from mpmath.hyp2f1 at 40 digits.
+_HYP2F1_ONE_REFERENCE = [
+    (1.044, 2.0446, 1e-4, 9.5217270455966477),
+    (1.044, 3.0446, 3e-6, 2.0432994339729062),
+    (0.3, 1.6, 1e-7, 1.9897347070974993),
+    (41.0, 42.5, 1e-3, 59.043294204156063),
+    (2.5, 4.2, 0.05, 3.1507968984864076),
+    (1.2, 2.2012, 2e-5, 12.569192158308567),
+    (7.0, 10.9, 0.06, 2.8615647913273434),
+    (0.06, 0.5, 0.01, 3.1807003791658115),
+]
+
+
+def test_hyp2f1_one_near_one():
+    """The connection formula near z = 1: exact against mpmath, and scipy's
+    (slow) series everywhere within scipy's own error of about 1e-9."""
+    from scipy.special import hyp2f1
+
+    from recommender.timing import _hyp2f1_one
+
+    b, c, w, ref = (np.array(col) for col in zip(*_HYP2F1_ONE_REFERENCE, strict=True))
+    np.testing.assert_allclose(_hyp2f1_one(b, c, 1.0 - w, w), ref, rtol=1e-12)
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    b = np.exp(rng.uniform(np.log(0.05), np.log(60.0), n))
+    d = np.exp(rng.uniform(np.log(1e-3), np.log(5.0), n)) - 1.0 + 1e-6  # the model's d > -1
+    d[:200] = np.round(d[:200]) + 1.1e-3  # just outside the band around integers
+    d[200:400] = np.round(d[200:400]) + 1e-5  # inside it: scipy's series
+    c = b + 1.0 + d
+    w = 10.0 ** rng.uniform(-7.0, 0.0, n)
+    z = 1.0 - w
+    np.testing.assert_allclose(_hyp2f1_one(b, c, z, w), hyp2f1(1.0, b, c, z), rtol=2e-9)
+    near = (w < 0.1) & (b * w < 0.5) & (d < 4.0) & (np.abs(d - np.round(d)) > 1e-3)
+    assert near.sum() > n // 4  # the fast path was exercised
 
 
 def test_pareto_p_purchase_matches_direct_integral(pnbd):

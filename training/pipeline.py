@@ -18,6 +18,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recommender.als import ALSRecommender
 from recommender.artifacts import publish, remove_stale_temporaries
 from recommender.bundle import Catalog, load_bundle_dir, save_bundle
 from recommender.data import (
@@ -38,7 +40,7 @@ from recommender.data import (
 )
 from recommender.interactions import build_matrix
 from training import ranking
-from training.config import TrainConfig
+from training.config import ALSConfig, TrainConfig
 from training.search import search as run_search
 
 log = logging.getLogger("encore.train")
@@ -106,6 +108,127 @@ def recent_popularity(
     pop_all = np.bincount(history.indices, minlength=len(items)).astype(np.float32)
     score = pop + pop_all / (pop_all.max(initial=0.0) + 1.0)
     return (score / max(score.max(initial=0.0), 1e-12)).astype(np.float32)
+
+
+def _fit_ranking(
+    frame: pd.DataFrame,
+    purchases: pd.DataFrame,
+    customers: IdIndex,
+    items: IdIndex,
+    eval_cut: pd.Timestamp,
+    end: pd.Timestamp,
+    cfg: TrainConfig,
+    *,
+    timings: dict[str, float],
+    say: Reporter,
+    warn: Reporter,
+    show_progress: bool,
+) -> tuple[ALSRecommender, ALSConfig, list[dict[str, Any]], dict[str, Any]]:
+    """Split, search (when on), fit ALS on the history, judge it and the
+    baselines on the window, refit on everything: ``(model, chosen config,
+    search trials, metrics)``."""
+    chosen = cfg.als
+    trials: list[dict[str, Any]] = []
+    with _step("split off the evaluation window", timings, say):
+        split = ranking.make_split(
+            frame,
+            purchases,
+            customers,
+            items,
+            eval_cut,
+            end,
+            max_users=cfg.max_eval_customers,
+            seed=cfg.seed,
+        )
+    say(
+        f"        evaluation window {eval_cut.date()} .. {(end - pd.Timedelta(days=1)).date()}:"
+        f" {split.n_users:,} customers with history buy in it (evaluated)"
+    )
+    if split.n_users == 0:
+        raise TrainingError(
+            "no customer with history buys in the evaluation window; "
+            "the model cannot be evaluated (check --as-of and --eval-days)"
+        )
+    search_on = cfg.search.enabled
+    if search_on is None:
+        search_on = len(frame) <= cfg.search.auto_max_rows
+        say(
+            f"        search {'on' if search_on else 'off'}: the log has {len(frame):,} rows "
+            f"({'at most' if search_on else 'more than'} {cfg.search.auto_max_rows:,}; "
+            f"{'--no-search' if search_on else '--search'} to change)"
+        )
+    if search_on:
+        with _step("hyperparameter search on the validation window", timings, say):
+            val_split = ranking.make_split(
+                frame,
+                purchases,
+                customers,
+                items,
+                eval_cut - pd.Timedelta(days=cfg.eval_days),
+                eval_cut,
+                max_users=cfg.max_eval_customers,
+                seed=cfg.seed,
+            )
+            if val_split.n_users == 0:
+                warn("search skipped: no customer buys in the validation window")
+            else:
+                chosen, trials = run_search(
+                    val_split,
+                    customers,
+                    items,
+                    cfg.als,
+                    cfg.search,
+                    on_trial=lambda i, c, m: say(
+                        f"        trial {i + 1}: nDCG@10 {m['ndcg@10']:.4f} "
+                        f"factors={c.factors} reg={c.regularization} alpha={c.alpha} "
+                        f"w={c.weighting} half-life={c.half_life_days} it={c.iterations}"
+                    ),
+                )
+    with _step("fit ALS on the history before the window", timings, say):
+        matrix = ranking.weighted_matrix(split.train, customers, items, chosen, now=eval_cut)
+        eval_model = ranking.fit_als(matrix, chosen, cfg.seed, show_progress=show_progress)
+    with _step("evaluate ALS and baselines on the window", timings, say):
+        ranking_metrics = {"als": ranking.evaluate(eval_model, split)}
+        if cfg.run_baselines:
+            ranking_metrics.update(ranking.evaluate_baselines(split))
+    metrics = {
+        "ranking": ranking_metrics,
+        "ranking_window": {
+            "start": eval_cut.isoformat(),
+            "end": end.isoformat(),
+            "customers": split.n_users,
+        },
+    }
+    with _step("refit ALS on the whole log", timings, say):
+        full = ranking.weighted_matrix(frame, customers, items, chosen, now=end)
+        als_model = ranking.fit_als(
+            full,
+            chosen,
+            cfg.seed,
+            warm_start=eval_model,
+            iterations=chosen.refit_iterations,
+        )
+    return als_model, chosen, trials, metrics
+
+
+def _fit_timing_in_background(
+    purchases: pd.DataFrame,
+    customers: IdIndex,
+    items: IdIndex,
+    end: pd.Timestamp,
+    cfg: TrainConfig,
+    future: pd.DataFrame | None,
+) -> tuple[Any, Any, dict[str, Any], list[str], float]:
+    """:func:`fit_timing_models` with its warnings kept for the main thread to
+    print in order, and its own duration."""
+    from training.timing_step import fit_timing_models
+
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    timing, repurchase, metrics = fit_timing_models(
+        purchases, customers, items, end, cfg, warn=notes.append, future=future
+    )
+    return timing, repurchase, metrics, notes, time.perf_counter() - t0
 
 
 def train(
@@ -199,97 +322,44 @@ def train(
             "evaluation window, so it cannot be evaluated; lower --eval-days"
         )
 
-    if rank_ok:
-        with _step("split off the evaluation window", timings, say):
-            split = ranking.make_split(
+    # The timing models need only the purchases: they are fitted in a
+    # background thread while ALS runs. ALS keeps both cores busy, so this
+    # only fills the gaps it leaves (the single-threaded split, evaluation
+    # and bookkeeping); the thread's numpy and scipy work releases the GIL.
+    timing_model = repurchase_model = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-timing") as background:
+        timing_job = None
+        if cfg.timing:
+            future = tx.future if as_of else None
+            if future is not None and tx.has_events:
+                future = future[future["event"].isin(PURCHASE_EVENTS)]
+            timing_job = background.submit(
+                _fit_timing_in_background, purchases, customers, items, end, cfg, future
+            )
+            say("        next-purchase and buy-again models: fitting alongside ALS")
+        if rank_ok:
+            als_model, chosen, trials, rank_metrics = _fit_ranking(
                 frame,
                 purchases,
                 customers,
                 items,
                 eval_cut,
                 end,
-                max_users=cfg.max_eval_customers,
-                seed=cfg.seed,
+                cfg,
+                timings=timings,
+                say=say,
+                warn=warn,
+                show_progress=show_progress,
             )
-        say(
-            f"        evaluation window {eval_cut.date()} .. {(end - pd.Timedelta(days=1)).date()}:"
-            f" {split.n_users:,} customers with history buy in it (evaluated)"
-        )
-        if split.n_users == 0:
-            raise TrainingError(
-                "no customer with history buys in the evaluation window; "
-                "the model cannot be evaluated (check --as-of and --eval-days)"
-            )
-        search_on = cfg.search.enabled
-        if search_on is None:
-            search_on = len(frame) <= cfg.search.auto_max_rows
-            say(
-                f"        search {'on' if search_on else 'off'}: the log has {len(frame):,} rows "
-                f"({'at most' if search_on else 'more than'} {cfg.search.auto_max_rows:,}; "
-                f"{'--no-search' if search_on else '--search'} to change)"
-            )
-        if search_on:
-            with _step("hyperparameter search on the validation window", timings, say):
-                val_split = ranking.make_split(
-                    frame,
-                    purchases,
-                    customers,
-                    items,
-                    eval_cut - pd.Timedelta(days=cfg.eval_days),
-                    eval_cut,
-                    max_users=cfg.max_eval_customers,
-                    seed=cfg.seed,
-                )
-                if val_split.n_users == 0:
-                    warn("search skipped: no customer buys in the validation window")
-                else:
-                    chosen, trials = run_search(
-                        val_split,
-                        customers,
-                        items,
-                        cfg.als,
-                        cfg.search,
-                        on_trial=lambda i, c, m: say(
-                            f"        trial {i + 1}: nDCG@10 {m['ndcg@10']:.4f} "
-                            f"factors={c.factors} reg={c.regularization} alpha={c.alpha} "
-                            f"w={c.weighting} half-life={c.half_life_days} it={c.iterations}"
-                        ),
-                    )
-        with _step("fit ALS on the history before the window", timings, say):
-            matrix = ranking.weighted_matrix(split.train, customers, items, chosen, now=eval_cut)
-            eval_model = ranking.fit_als(matrix, chosen, cfg.seed, show_progress=show_progress)
-        with _step("evaluate ALS and baselines on the window", timings, say):
-            ranking_metrics = {"als": ranking.evaluate(eval_model, split)}
-            if cfg.run_baselines:
-                ranking_metrics.update(ranking.evaluate_baselines(split))
-        metrics["ranking"] = ranking_metrics
-        metrics["ranking_window"] = {
-            "start": eval_cut.isoformat(),
-            "end": end.isoformat(),
-            "customers": split.n_users,
-        }
-        with _step("refit ALS on the whole log", timings, say):
-            full = ranking.weighted_matrix(frame, customers, items, chosen, now=end)
-            als_model = ranking.fit_als(
-                full,
-                chosen,
-                cfg.seed,
-                warm_start=eval_model,
-                iterations=chosen.refit_iterations,
-            )
-
-    timing_model = repurchase_model = None
-    if cfg.timing:
-        from training.timing_step import fit_timing_models
-
-        with _step("fit next-purchase and buy-again models", timings, say):
-            future = tx.future if as_of else None
-            if future is not None and tx.has_events:
-                future = future[future["event"].isin(PURCHASE_EVENTS)]
-            timing_model, repurchase_model, timing_metrics = fit_timing_models(
-                purchases, customers, items, end, cfg, warn=warn, future=future
-            )
-        metrics.update(timing_metrics)
+            metrics.update(rank_metrics)
+        if timing_job is not None:
+            with _step("finish the next-purchase and buy-again models", timings, say):
+                timing_model, repurchase_model, timing_metrics, notes, seconds = timing_job.result()
+            timings["next-purchase and buy-again models (alongside ALS)"] = round(seconds, 3)
+            say(f"        they took {seconds:.2f}s in all, alongside the steps above")
+            for note in notes:
+                warn(note)
+            metrics.update(timing_metrics)
 
     reports: dict[str, bytes] = {}
     if "timing" in metrics and "_calibration_png" in metrics["timing"]:

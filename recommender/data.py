@@ -398,7 +398,11 @@ def _as_categories(values: pd.Series, lower: bool = False) -> tuple[pd.Categoric
     norm_codes, categories = pd.factorize(text.mask(empty), sort=True, use_na_sentinel=True)
     norm_codes = np.append(norm_codes.astype(np.int64), -1)  # row code -1 (NaN) stays -1
     row_codes = norm_codes[codes]
-    cat = pd.Categorical.from_codes(row_codes, categories=pd.Index(np.asarray(categories, str)))
+    cat = pd.Categorical.from_codes(
+        row_codes,
+        categories=pd.Index(np.asarray(categories, str)),
+        validate=False,  # codes come from factorize: -1 .. len(categories) - 1
+    )
     return cat, row_codes < 0
 
 
@@ -587,9 +591,7 @@ def validate_transactions(
 
     def build(mask: np.ndarray) -> pd.DataFrame:
         stamps = ts[mask].to_numpy(dtype="datetime64[ns]")
-        ns = stamps.view(np.int64)
-        # logs are usually written in time order already: skip the sort then
-        order = slice(None) if (ns[1:] >= ns[:-1]).all() else np.argsort(ns, kind="stable")
+        order = _time_order(stamps.view(np.int64))
         return pd.DataFrame(
             {
                 "customer_id": cust[mask][order],
@@ -606,6 +608,28 @@ def validate_transactions(
     later = reason == DROP_REASONS.index("after_as_of")
     future = build(later) if later.any() else None
     return Transactions(frame=frame, report=report, has_events=has_events, future=future)
+
+
+def _time_order(ns: np.ndarray) -> slice | np.ndarray:
+    """Stable order of ``ns`` (int64 times); ties keep file order.
+
+    Logs are usually written in time order already: no sort then. Otherwise,
+    when the times are whole seconds (or finer, over a short span) and
+    ``span * rows`` fits in int64, one plain sort of ``time * rows + row``
+    (distinct keys, so stable by construction) is about twice as fast as a
+    stable argsort.
+    """
+    if ns.size < 2 or (ns[1:] >= ns[:-1]).all():
+        return slice(None)
+    offset = ns - ns.min()
+    n = ns.size
+    for unit in (10**9, 1):
+        if unit == 1 or not (offset % unit).any():
+            span = int(offset.max()) // unit + 1
+            if span * n < 2**63:
+                keys = np.sort(offset // unit * n + np.arange(n))
+                return keys % n
+    return np.argsort(ns, kind="stable")
 
 
 def as_of_cutoff(as_of: str | pd.Timestamp) -> pd.Timestamp:

@@ -597,3 +597,17 @@ def test_ids_equal_once_stripped_are_one_customer(tmp_path):
     assert tx.frame["item_id"].astype(str).tolist() == ["x", "x", "y"]
     assert tx.report.dropped["missing_customer_id"] == 1
     assert tx.fingerprint()["customers"] == 1 and tx.fingerprint()["items"] == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), min_size=0, max_size=300),
+    st.sampled_from([10**9, 1, 10**15 + 1]),
+)
+def test_time_order_is_a_stable_sort(steps, unit):
+    """Whole seconds, nanoseconds and spans too wide for the one-key sort."""
+    from recommender.data import _time_order
+
+    ns = 1_700_000_000 * 10**9 + np.asarray(steps, dtype=np.int64) * unit
+    order = np.arange(ns.size)[_time_order(ns)]
+    np.testing.assert_array_equal(order, np.argsort(ns, kind="stable"))

@@ -92,18 +92,20 @@ def evaluate_rankings(
     k_ndcg: int = 10,
     k_recall: int = 20,
     k_map: int = 10,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Mean metrics over customers with at least one relevant item.
 
     ``ranked`` has at least ``max(k)`` columns; ``relevant`` and ``history``
-    have one row per ranked customer.
+    have one row per ranked customer. A metric no customer defines (recall on
+    repeat items when nobody rebuys anything in the window) is None: a JSON
+    manifest has no NaN.
     """
     repeat, new = split_relevant(relevant, history)
     has_rel = np.diff(relevant.tocsr().indptr) > 0
 
-    def mean(values: np.ndarray) -> float:
+    def mean(values: np.ndarray) -> float | None:
         v = values[~np.isnan(values)]
-        return float(v.mean()) if v.size else float("nan")
+        return float(v.mean()) if v.size else None
 
     return {
         f"ndcg@{k_ndcg}": mean(ndcg_at_k(ranked, relevant, k_ndcg)),

@@ -146,3 +146,17 @@ def test_metrics_equal_a_plain_count(case):
         assert recall_at_k(ranked, rel, k)[u] == pytest.approx(hits.sum() / len(relevant))
         ideal = disc[: min(k, len(relevant))].sum()
         assert ndcg_at_k(ranked, rel, k)[u] == pytest.approx((hits * disc).sum() / ideal)
+
+
+def test_a_metric_no_customer_defines_is_none_not_nan():
+    """Nobody rebuys in the window: recall on repeat items is undefined, and the
+    metrics still go into a JSON manifest (which has no NaN)."""
+    import json
+
+    ranked = np.array([[0, 1, 2], [2, 1, 0]])
+    relevant = sp.csr_matrix(np.array([[1, 0, 0], [0, 0, 1]], dtype=np.float32))
+    history = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32))
+    m = evaluate_rankings(ranked, relevant, history, 3, k_ndcg=3, k_recall=3, k_map=3)
+    assert m["recall@3_repeat"] is None
+    assert m["recall@3_new"] == 1.0 and m["customers"] == 2
+    json.dumps(m, allow_nan=False)

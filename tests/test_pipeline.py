@@ -349,3 +349,37 @@ def test_no_search_when_off_or_the_log_is_large(log_path, tmp_path, search):
     assert result.manifest["search"] is None
     assert result.manifest["config"]["als_chosen"] == dataclasses.asdict(cfg.als)
     assert not any("hyperparameter search" in line for line in said)
+
+
+def test_timing_models_fitted_alongside_als_report_in_order(shop, tmp_path):
+    """The background fit's warnings reach the run's warnings, the manifest and
+    the printed log, after the step that waits for it."""
+    once = shop.drop_duplicates(["customer_id", "item_id"])  # nobody rebuys an item
+    log = write_log(tmp_path / "once.csv", once, bad_rows=False)
+    lines: list[str] = []
+    cfg = dataclasses.replace(fast_config(), timing=True)
+    result = train(log, models_dir=tmp_path / "m", config=cfg, say=lines.append)
+    note = "buy-again model: no item is rebought by enough customers; none published"
+    assert note in result.warnings and note in result.manifest["warnings"]
+    waited = next(i for i, s in enumerate(lines) if s.startswith("[done] finish the next-purchase"))
+    assert lines.index(f"[warn] {note}") > waited
+    assert any(s.startswith("[done] refit ALS") for s in lines[:waited])
+    assert "next-purchase and buy-again models (alongside ALS)" in result.manifest["timings_s"]
+    assert result.manifest["components"]["timing"] is True
+    assert result.manifest["components"]["repurchase"] is False
+
+
+def test_crash_in_ranking_waits_for_the_background_fit(published_copy, log_path, monkeypatch):
+    import threading
+
+    models, version = published_copy
+
+    def boom(*a, **k):
+        raise MemoryError("simulated crash in the middle of fitting")
+
+    monkeypatch.setattr(ranking, "fit_als", boom)
+    cfg = dataclasses.replace(fast_config(), timing=True)
+    with pytest.raises(MemoryError):
+        train(log_path, models_dir=models, config=cfg, say=quiet)
+    assert not [t for t in threading.enumerate() if t.name.startswith("encore-timing")]
+    _assert_untouched(models, version)

@@ -191,7 +191,8 @@ def _newton_per_item(
             np.where(better, new, old)
             for new, old in zip(trial, (f, ga, gb, haa, hab, hbb), strict=True)
         )
-        lam = np.where(better, np.maximum(lam * 0.3, 1e-9), lam * 10.0)
+        # only items still moving raise their damping (a finished one would overflow)
+        lam = np.where(better, np.maximum(lam * 0.3, 1e-9), np.where(active, lam * 10.0, lam))
         # an item pinned at a bound with the gradient pointing outward is done
         stuck = (lam > 1e12) | (
             ((la <= lo) & (ga < 0) | (la >= hi) & (ga > 0))

@@ -586,3 +586,32 @@ def test_large_batches_equal_small_batches(cls, cdnow):
         )
         # equal up to rounding: vectorised kernels may sum in another order
         np.testing.assert_allclose(big, small, rtol=1e-12, atol=0)
+
+
+def test_bgnbd_quadrature_fallback_matches_closed_form_and_simulation(bg):
+    """The fallback for rows where hyp2f1 fails: equal to the closed form where
+    that works, and to Monte Carlo at an extreme fit (a far below 1, where the
+    Beta mass of p sits far below any float near 0)."""
+    x = np.array([0.0, 2.0, 7.0])
+    t_x = np.array([0.0, 30.43, 20.0])
+    T = np.array([10.0, 38.86, 39.0])
+    t = np.full(3, 39.0)
+    pa = bg.p_alive(x, t_x, T)
+    np.testing.assert_allclose(
+        bg._expected_given_alive_quad(t, x, T) * pa,
+        bg.expected_purchases(39.0, x, t_x, T),
+        rtol=1e-7,
+    )
+
+    # an extreme fit seen on a tiny shop: rates all alike, dropout nearly nil
+    r, alpha, a, b = 37638.3, 92685.6, 0.00191, 273.0
+    m = BGNBD.from_params({"r": r, "alpha": alpha, "a": a, "b": b})
+    xs, Ts, ts = np.array([1.0, 5.0]), np.array([12.0, 11.4]), np.array([12.0, 4.0])
+    got = m._expected_given_alive_quad(ts, xs, Ts)
+    rng = np.random.default_rng(0)
+    for g, xi, Ti, ti in zip(got, xs, Ts, ts, strict=True):
+        p = rng.beta(a, b + xi, 1_000_000)
+        k, u = r + xi, ti / (alpha + Ti)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = np.where(p * k * u > 1e-12, -np.expm1(-k * np.log1p(p * u)) / p, k * u)
+        assert abs(g - h.mean()) < 5 * h.std() / 1000 + 1e-12 * k * u

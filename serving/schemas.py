@@ -6,9 +6,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-#: Ids are 1-256 characters of letters, digits and ``- _ . : @ + /`` — enough
-#: for every shop id format seen in practice, and safe to echo in a message.
-ID_PATTERN = r"^[A-Za-z0-9_.:@+/\-]{1,256}$"
+#: Ids are what training stores: 1-256 characters of any text (spaces,
+#: accents, ``#``, ``/``, ...) without control characters and without leading
+#: or trailing whitespace (the loader strips it), so every id a shop trained
+#: on can be asked for. Messages echo ids with ``repr``.
+_CTRL = r"\x00-\x1f\x7f-\x9f"
+ID_PATTERN = rf"^[^\s{_CTRL}](?:[^{_CTRL}]{{0,254}}[^\s{_CTRL}])?$"
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=256)]
 Strategy = Literal["personalized", "folded_in", "popular"]
 

@@ -28,10 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.models_dir:
         os.environ["ENCORE_MODELS_DIR"] = args.models_dir
     import uvicorn
+    from pydantic import ValidationError
 
     from serving.settings import ServingSettings
 
-    settings = ServingSettings()  # checked here, before the server starts
+    try:
+        settings = ServingSettings()  # checked here, before the server starts
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = "ENCORE_" + "_".join(str(part) for part in err["loc"]).upper()
+            print(f"encore serve: error: {name}: {err['msg']}", file=sys.stderr)
+        return 2
     print(
         f"Encore is serving {settings.models_dir}/ on http://{args.host}:{args.port}/ "
         f"(API docs: http://{args.host}:{args.port}/docs)",

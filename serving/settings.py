@@ -19,8 +19,9 @@ class ServingSettings(BaseSettings):
     """How often to look for a newly published version (0 turns polling off)."""
     admin_token: SecretStr | None = None
     """Bearer token for ``POST /v1/admin/reload``; unset disables the endpoint."""
-    max_batch: int = Field(default=1000, ge=1, le=100_000)
-    """Most customers in one batch request."""
+    max_batch: int = Field(default=1000, ge=1, le=1000)
+    """Most customers in one batch request: the API's cap of 1,000 or lower
+    (a larger value would have no effect, so it is refused at startup)."""
     blas_threads: int = Field(default=1, ge=1)
     """BLAS threads per worker; more than one oversubscribes the cores under load."""
     verify_hashes: bool = True

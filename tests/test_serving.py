@@ -389,6 +389,9 @@ def test_batch_over_the_limit_is_refused(trained):
     with TestClient(create_app(settings(trained.models))) as c:
         r = c.post("/v1/recommendations/batch", json={"customer_ids": ["x"] * 1001})
         assert_error(r, 422)
+    # above the API's cap a setting would do nothing: refused, naming the limit
+    with pytest.raises(ValueError, match="1000"):
+        settings(trained.models, max_batch=5000)
 
 
 # -- buy again and next purchase -----------------------------------------------------
@@ -866,3 +869,18 @@ def test_serving_does_not_import_training(trained):
         timeout=120,
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_bad_settings_stop_encore_serve_with_one_line_each(monkeypatch, capsys, tmp_path):
+    """A wrong ENCORE_* variable is named with what is wrong, before any server
+    starts, and the exit status is 2 (not a traceback)."""
+    from serving.__main__ import main
+
+    monkeypatch.setenv("ENCORE_MODELS_DIR", str(tmp_path))  # main sets it: restored after
+    monkeypatch.setenv("ENCORE_MAX_BATCH", "5000")
+    monkeypatch.setenv("ENCORE_RELOAD_INTERVAL_S", "soon")
+    assert main(["--models-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert any(line.startswith("encore serve: error: ENCORE_MAX_BATCH:") for line in err)
+    assert any(line.startswith("encore serve: error: ENCORE_RELOAD_INTERVAL_S:") for line in err)

@@ -377,7 +377,9 @@ def train(
         )
     elif als_model is not None and cfg.top_n > 0:
         with _step("precompute top-N for known customers", timings, say):
-            topn = als_model.recommend(np.arange(len(customers)), history, k=cfg.top_n)
+            topn = als_model.recommend(
+                np.arange(len(customers)), history, k=cfg.top_n, workers=ranking.ranking_workers()
+            )
 
     manifest = {
         "as_of": end.isoformat(),

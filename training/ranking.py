@@ -28,6 +28,12 @@ K_NDCG, K_RECALL, K_MAP = 10, 20, 10
 MAX_EVAL_WORKERS = 4
 
 
+def ranking_workers() -> int:
+    """Threads that rank customers side by side: one per core, at most
+    :data:`MAX_EVAL_WORKERS` (see :meth:`Recommender.recommend`)."""
+    return min(os.cpu_count() or 1, MAX_EVAL_WORKERS)
+
+
 @dataclass
 class Split:
     """Training history and the purchases of the window after it, on shared indexes."""
@@ -96,11 +102,10 @@ def fit_als(matrix: sp.csr_matrix, cfg: ALSConfig, seed: int, **kw: Any) -> ALSR
 def evaluate(model: Recommender, split: Split, workers: int | None = None) -> dict[str, Any]:
     """nDCG@10, recall@20 (all / repeat / new items), MAP@10, coverage on ``split``.
 
-    ``workers`` threads rank the customers (default: one per core, at most
-    :data:`MAX_EVAL_WORKERS`; see :meth:`Recommender.recommend`).
+    ``workers`` threads rank the customers (default :func:`ranking_workers`).
     """
     if workers is None:
-        workers = min(os.cpu_count() or 1, MAX_EVAL_WORKERS)
+        workers = ranking_workers()
     return evaluate_recommender(
         model,
         split.counts,

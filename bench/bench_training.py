@@ -142,7 +142,12 @@ def main() -> None:
         ref_fit = (ref["fit_s"] + ref_after) / 2.0
         if res["rc"] != 0:
             raise SystemExit(f"encore train failed:\n{res['out']}")
-        steps = [ln for ln in res["out"].splitlines() if ln.startswith("[done]")]
+        # the steps, and the own time of the models fitted alongside ALS
+        steps = [
+            ln.strip()
+            for ln in res["out"].splitlines()
+            if ln.startswith("[done]") or "alongside the steps above" in ln
+        ]
         print("encore train steps:\n  " + "\n  ".join(steps))
         ratio = res["wall"] / ref_fit
         extra = f", {args.train_args}" if args.train_args else ""

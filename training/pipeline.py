@@ -4,9 +4,10 @@ Steps: load and check the log; split off the last ``eval_days`` as an
 evaluation window; search ALS hyperparameters on the window before it (by
 default only on logs small enough for that to take seconds); fit ALS on the
 history before the window and judge it and the baselines on the window; refit
-on the whole log (warm-started); fit the next-purchase and buy-it-again
-models; write the version atomically; read it back and check it; only then
-switch ``current``. A crash anywhere leaves the published version as it was.
+on the whole log (warm-started). The next-purchase and buy-it-again models
+are fitted and judged in a background thread meanwhile. Then write the version
+atomically; read it back and check it; only then switch ``current``. A crash
+anywhere leaves the published version as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,10 @@ from recommender.interactions import build_matrix
 from training import ranking
 from training.config import ALSConfig, TrainConfig
 from training.search import search as run_search
+
+if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
+    from recommender.repurchase import RepurchaseModel
+    from recommender.timing import PurchaseTimingModel
 
 log = logging.getLogger("encore.train")
 
@@ -218,7 +223,7 @@ def _fit_timing_in_background(
     end: pd.Timestamp,
     cfg: TrainConfig,
     future: pd.DataFrame | None,
-) -> tuple[Any, Any, dict[str, Any], list[str], float]:
+) -> tuple[PurchaseTimingModel | None, RepurchaseModel | None, dict[str, Any], list[str], float]:
     """:func:`fit_timing_models` with its warnings kept for the main thread to
     print in order, and its own duration."""
     from training.timing_step import fit_timing_models

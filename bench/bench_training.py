@@ -13,7 +13,7 @@ It prints the ratio encore / reference (goal: at most 1.5) and peak memory
 (goal: under 4 GiB). Usage::
 
     python bench/bench_training.py [--interactions 5000000] [--customers 500000] [--items 50000]
-                                   [--train-args "--no-timing"]
+                                   [--train-args=--no-timing]
 """
 
 from __future__ import annotations

@@ -53,8 +53,12 @@ _REASON_COLUMN = {
 }
 
 _REASON_TEXT = {
-    "missing_customer_id": "customer id is empty (or longer than 256 characters)",
-    "missing_item_id": "item id is empty (or longer than 256 characters)",
+    "missing_customer_id": (
+        "customer id is empty (or longer than 256 characters, or has control characters)"
+    ),
+    "missing_item_id": (
+        "item id is empty (or longer than 256 characters, or has control characters)"
+    ),
     "unparseable_timestamp": "time is not an ISO-8601 date/datetime or epoch seconds",
     "unparseable_quantity": "quantity is not a number",
     "non_positive_quantity": "quantity is zero or negative (a return or cancellation)",
@@ -406,10 +410,13 @@ def _as_categories(values: pd.Series, lower: bool = False) -> tuple[pd.Categoric
     return cat, row_codes < 0
 
 
-def _id_too_long(ids: pd.Categorical) -> np.ndarray:
-    """Rows whose id is longer than any real id (a text field in the wrong column)."""
-    long_cat = np.append(ids.categories.str.len().to_numpy() > _MAX_ID_LENGTH, False)
-    return long_cat[ids.codes]
+def _id_unusable(ids: pd.Categorical) -> np.ndarray:
+    """Rows whose id is longer than any real id (a text field in the wrong
+    column) or has control characters (binary junk; no request could name it)."""
+    cats = ids.categories.str
+    too_long = np.asarray(cats.len() > _MAX_ID_LENGTH, dtype=bool)
+    control = np.asarray(cats.contains(r"[\x00-\x1f\x7f-\x9f]", regex=True), dtype=bool)
+    return np.append(too_long | control, False)[ids.codes]
 
 
 def _as_number(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -508,8 +515,8 @@ def validate_transactions(
     item, item_empty = _as_categories(col("item_id"))
     mark(cust_empty, "missing_customer_id")
     mark(item_empty, "missing_item_id")
-    mark(_id_too_long(cust), "missing_customer_id")
-    mark(_id_too_long(item), "missing_item_id")
+    mark(_id_unusable(cust), "missing_customer_id")
+    mark(_id_unusable(item), "missing_item_id")
 
     ts = parse_timestamps(col("timestamp"), time_format)
     mark(ts.isna().to_numpy(), "unparseable_timestamp")

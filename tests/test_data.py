@@ -119,6 +119,26 @@ def test_strict_names_a_later_row_when_the_early_ones_are_clean(tmp_path):
     assert tx.report.dropped["non_positive_quantity"] == 1 and tx.report.rows_kept == 3
 
 
+def test_ids_no_request_could_name_are_counted_as_missing(tmp_path):
+    """Over 256 characters or with control characters: counted, not stored
+    (serving refuses exactly these); spaces and accents are ordinary ids."""
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["Zoë Martin", "tab\there", "x" * 257, "ok", "ok"],
+            "item_id": ["Café crème", "SKU 1", "SKU 1", "bell\x07", "SKU 1"],
+            "timestamp": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"],
+        }
+    )
+    p = tmp_path / "ids.parquet"
+    frame.to_parquet(p, index=False)
+    tx = load_transactions(p)
+    assert tx.report.dropped["missing_customer_id"] == 2
+    assert tx.report.dropped["missing_item_id"] == 1
+    assert tx.frame["customer_id"].astype(str).tolist() == ["Zoë Martin", "ok"]
+    assert tx.frame["item_id"].astype(str).tolist() == ["Café crème", "SKU 1"]
+    assert tx.report.first_offence["missing_customer_id"].row == 2
+
+
 def test_every_row_bad_is_an_error_even_without_strict(tmp_path):
     p = tmp_path / "all_bad.csv"
     p.write_text("customer_id,item_id,timestamp\n,x,2024-01-01\n,y,2024-01-02\n")

@@ -8,12 +8,13 @@ fold in new customers and find similar items with numpy alone.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import NotFittedError, Recommender
+from recommender.base import NotFittedError, Recommender, scratch_block
 
 
 class FactorError(RuntimeError):
@@ -159,10 +160,22 @@ class ALSRecommender(Recommender):
         assert self.item_factors_ is not None
         return int(self.item_factors_.shape[0])
 
-    def score(self, user_rows: np.ndarray, user_items: sp.csr_matrix | None = None) -> np.ndarray:
+    def score(
+        self,
+        user_rows: np.ndarray,
+        user_items: sp.csr_matrix | None = None,
+        *,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Dense scores ``(len(user_rows), n_items)``, written into ``out`` when given."""
         self._check_fitted("user_factors_", "item_factors_")
         assert self.user_factors_ is not None and self.item_factors_ is not None
-        return self.user_factors_[np.asarray(user_rows)] @ self.item_factors_.T
+        return np.matmul(self.user_factors_[np.asarray(user_rows)], self.item_factors_.T, out=out)
+
+    def _dense_scores(
+        self, rows: np.ndarray, user_items: sp.csr_matrix, scratch: threading.local
+    ) -> np.ndarray:
+        return self.score(rows, out=scratch_block(scratch, len(rows), self.n_items))
 
     def fold_in(self, item_rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Factors for a customer the model has not seen, from items they bought.

@@ -7,6 +7,7 @@ beat in shops where most orders are rebuys.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -44,7 +45,12 @@ class PopularityRecommender(Recommender):
         return np.tile(self.item_scores_, (len(user_rows), 1))
 
     def _rank_block(
-        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+        self,
+        rows: np.ndarray,
+        user_items: sp.csr_matrix,
+        k: int,
+        exclude_seen: bool,
+        scratch: threading.local,
     ) -> tuple[np.ndarray, np.ndarray]:
         # everyone gets the same row of scores: nothing stored, all fill
         self._check_fitted("item_scores_")
@@ -85,7 +91,12 @@ class PersonalFrequencyRecommender(Recommender):
         return own * 2.0 + self.popularity_.score(user_rows) * (own == 0)
 
     def _rank_block(
-        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+        self,
+        rows: np.ndarray,
+        user_items: sp.csr_matrix,
+        k: int,
+        exclude_seen: bool,
+        scratch: threading.local,
     ) -> tuple[np.ndarray, np.ndarray]:
         # the rows of score() without the dense matrix: twice the count where
         # the customer bought, popularity everywhere else
@@ -162,7 +173,12 @@ class ItemKNNRecommender(Recommender):
         return hist @ self._similarity_t
 
     def _rank_block(
-        self, rows: np.ndarray, user_items: sp.csr_matrix, k: int, exclude_seen: bool
+        self,
+        rows: np.ndarray,
+        user_items: sp.csr_matrix,
+        k: int,
+        exclude_seen: bool,
+        scratch: threading.local,
     ) -> tuple[np.ndarray, np.ndarray]:
         # items no neighbour of the history reaches score 0
         return top_k_sparse(

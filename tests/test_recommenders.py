@@ -86,6 +86,23 @@ def test_batch_equals_single(fitted, data):
         np.testing.assert_array_equal(single[0], batch[r])
 
 
+def test_reused_score_blocks_carry_nothing_over(fitted, data):
+    """Blocks reuse one buffer per thread: masked purchases of one block, or a
+    longer previous block, must not leak into the next (short last block too)."""
+    _, model = fitted
+    train, *_ = data
+    rows = np.arange(23)[::-1]
+    for workers in (1, 2):
+        batch, top = model.recommend(
+            rows, train, k=10, exclude_seen=True, batch_size=5, workers=workers
+        )
+        for i, r in enumerate(rows):
+            single, s = model.recommend(np.array([r]), train, k=10, exclude_seen=True)
+            np.testing.assert_array_equal(single[0], batch[i])
+            # one row is a matrix-vector product, a block a matrix product
+            np.testing.assert_allclose(s[0], top[i], rtol=1e-6)
+
+
 def test_exclude_seen(fitted, data):
     _, model = fitted
     train, *_ = data

@@ -35,8 +35,9 @@ class SearchConfig:
 
     enabled: bool | None = None
     """Run the search (``--search``), never (``--no-search``), or, when None,
-    only on logs of at most ``auto_max_rows`` rows (12 trials took 3.5 s on
-    the demo shop); otherwise the defaults above are used."""
+    only on logs of at most ``auto_max_rows`` rows (12 trials took 4.9-5.7 s
+    on the demo shop, beside the timing models); otherwise the defaults above
+    are used."""
     auto_max_rows: int = 1_000_000
     """Largest log (rows kept) searched when ``enabled`` is None."""
     time_budget_s: float = 120.0

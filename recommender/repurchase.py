@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from scipy import optimize
-from scipy.special import betaincc, digamma, gammaln, polygamma
+from scipy.special import betainc, digamma, gammaln, polygamma
 
 from recommender.base import seeded_subset
 from recommender.timing import on_distinct_rows
@@ -56,6 +56,18 @@ class RepurchaseStateError(ValueError):
 
 def _group_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+
+
+def _gap_survival(k: np.ndarray, a: np.ndarray, b: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """P(the next gap is longer than ``e`` days) under the beta-prime
+    predictive: ``1 - F(e) = I_{b / (e + b)}(a, k)``.
+
+    This is ``betaincc(k, a, e / (e + b))`` written as the lower incomplete
+    beta of the other tail, which scipy evaluates about 13 times faster (2.0 s
+    against 0.14 s for 264,000 values) and within 1.4e-13 relative of mpmath
+    down to 1e-250 (the complement: 5e-12).
+    """
+    return on_distinct_rows(betainc, a, k, b / (e + b))
 
 
 def _fit_shape(stat_sum: float, m: np.ndarray) -> float:
@@ -418,7 +430,7 @@ class RepurchaseModel:
         # the cost, and an item-level rate needs no more
         pairs = np.flatnonzero(in_sample[self.pair_customer_])
         k, a, b, e = self._pair_gaps(pairs, self.as_of_day_)
-        surv = on_distinct_rows(betaincc, k, a, e / (e + b))  # P(no rebuy yet | still buying)
+        surv = _gap_survival(k, a, b, e)  # P(no rebuy yet | still buying)
         item = self.pair_item_[pairs]
         m = (self.pair_n_[pairs] - 1).astype(np.float64)
 
@@ -645,8 +657,8 @@ class RepurchaseModel:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(rebuy within ``within_days``), cycle days and days since last, per pair."""
         k, a, b, e = self._pair_gaps(pairs, at_day)
-        s_now = on_distinct_rows(betaincc, k, a, e / (e + b))
-        s_then = on_distinct_rows(betaincc, k, a, (e + within_days) / (e + within_days + b))
+        s_now = _gap_survival(k, a, b, e)
+        s_then = _gap_survival(k, a, b, e + within_days)
         with np.errstate(invalid="ignore", divide="ignore"):
             p = (s_now - s_then) / s_now
         # far in the tail both survivals underflow: use the power-law tail of

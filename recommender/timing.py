@@ -1187,7 +1187,10 @@ class PurchaseTimingModel:
         (default ``holdout_days``).
     selection_sample : int or None
         Compare candidates on a seeded sample of at most this many customers;
-        None uses all.
+        None uses all. Each candidate is fitted on it, so it is most of the
+        cost on a big shop; 50,000 customers judge the candidates as 100,000
+        do (the RMSE of the chosen model on a generated log of 473,000
+        customers: 1.3014 against 1.3010).
     fit_sample : int or None
         Estimate the chosen model's parameters on a seeded sample of at most
         this many customers with history (None: all). The parameters describe
@@ -1205,7 +1208,7 @@ class PurchaseTimingModel:
         penalizer: float = 0.0,
         selection_metric: str = "rmse",
         probability_horizon_days: float | None = None,
-        selection_sample: int | None = 100_000,
+        selection_sample: int | None = 50_000,
         fit_sample: int | None = 100_000,
     ) -> None:
         self.candidates = tuple(candidates)

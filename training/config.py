@@ -64,6 +64,9 @@ class TrainConfig:
     max_eval_customers: int = 10_000
     """Evaluate on a seeded random sample of at most this many customers (the
     standard error of nDCG@10 on 10,000 customers is well under 0.005)."""
+    max_buy_again_eval_fit_customers: int | None = 100_000
+    """The buy-again model judged on the window is refitted on a seeded sample
+    of at most this many customers (as many as its item priors are drawn from)."""
     popularity_days: int = 90
     """Popularity for unknown customers counts buyers over this many recent days."""
     top_n: int = 100

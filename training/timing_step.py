@@ -166,25 +166,34 @@ def fit_timing_models(
                         max_customers=cfg.max_eval_customers,
                     )
                 elif fut_c is None and (before & ok).any():
+                    # Refitted and judged on a seeded sample of the customers
+                    # who bought before the window: the item-level estimates
+                    # need no more (the published fit draws its priors from
+                    # as many), and the judge sees at most max_eval_customers.
+                    sample = _customer_sample(
+                        cust_codes[before & ok], n_c, cfg.max_buy_again_eval_fit_customers, cfg.seed
+                    )
+                    use = ok & sample[cust_codes]
                     ev = RepurchaseModel(min_customer_purchases=1).fit(
-                        cust_codes[before & ok],
-                        item_codes[before & ok],
-                        days[before & ok],
+                        cust_codes[before & use],
+                        item_codes[before & use],
+                        days[before & use],
                         eval_cut,
                         n_c,
                         n_i,
                     )
                     out["buy_again"] = _judge_buy_again(
                         ev,
-                        cust_codes[ok],
-                        item_codes[ok],
-                        days[ok],
+                        cust_codes[use],
+                        item_codes[use],
+                        days[use],
                         eval_cut,
                         eval_h,
                         n_c,
                         n_i,
                         max_customers=cfg.max_eval_customers,
                     )
+                    out["buy_again"]["fit_customers"] = int(sample.sum())
             except Exception as exc:
                 warn(f"buy-again model could not be evaluated: {exc}")
         return repurchase, out
@@ -200,6 +209,15 @@ def fit_timing_models(
     metrics.update(timing_metrics)
     metrics.update(repurchase_metrics)
     return timing, repurchase, metrics
+
+
+def _customer_sample(cust: np.ndarray, n: int, limit: int | None, seed: int) -> np.ndarray:
+    """A mask over ``n`` customer codes: a seeded sample of at most ``limit``
+    of those in ``cust``."""
+    present = np.flatnonzero(np.bincount(cust, minlength=n))
+    mask = np.zeros(n, dtype=bool)
+    mask[seeded_subset(present, limit, seed)] = True
+    return mask
 
 
 def _customer_days(cust: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -631,3 +631,44 @@ def test_time_order_is_a_stable_sort(steps, unit):
     ns = 1_700_000_000 * 10**9 + np.asarray(steps, dtype=np.int64) * unit
     order = np.arange(ns.size)[_time_order(ns)]
     np.testing.assert_array_equal(order, np.argsort(ns, kind="stable"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", " a", ""]),
+            st.sampled_from(["x", "y"]),
+            st.sampled_from(["2025-01-01", "2025-01-01 00:00:00", "2025-01-02", "2025-03-01"]),
+            st.sampled_from(["1", "2", "-1"]),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_duplicates_are_the_exact_repeats_of_an_earlier_kept_row(rows):
+    """Only rows that share a time are compared; the result must be that of
+    comparing every row with every earlier one, with or without --as-of."""
+    raw = pd.DataFrame(rows, columns=["customer_id", "item_id", "timestamp", "quantity"])
+    for as_of in (None, "2025-01-31"):
+        try:
+            tx = validate_transactions(raw, as_of=as_of)
+        except DataError:
+            continue  # every row dropped
+        seen: set[tuple[str, ...]] = set()
+        expected_dups, kept = 0, []
+        for row in rows:
+            bad = row[0].strip() == "" or row[3] == "-1"
+            late = as_of is not None and row[2] >= "2025-02-01"
+            if bad or late:
+                continue
+            if row in seen:
+                expected_dups += 1
+                continue
+            seen.add(row)
+            kept.append(row)
+        assert tx.report.dropped["duplicate"] == expected_dups
+        assert len(tx.frame) == len(kept)
+        # the frame is in time order, ties in file order
+        order = sorted(range(len(kept)), key=lambda k: pd.Timestamp(kept[k][2]))
+        assert tx.frame["customer_id"].astype(str).tolist() == [kept[k][0].strip() for k in order]

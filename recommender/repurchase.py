@@ -150,20 +150,26 @@ def _newton_per_item(
     """
     lo, hi = _LOG_BOUNDS
 
-    def evaluate(la: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, ...]:
-        a, b = np.exp(la)[item], np.exp(lb)[item]
-        bs = b + S
-        ll = gammaln(a + mk) - gammaln(a) + a * (lb[item] - np.log(bs)) - mk * np.log(bs)
-        d_a = digamma(a + mk) - digamma(a) + lb[item] - np.log(bs)
+    def evaluate(
+        la: np.ndarray, lb: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, ...]:
+        # Given ``rows`` (all the rows of some items), only those items' values are right.
+        it, m_k, gaps, n = (
+            (item, mk, S, count) if rows is None else (item[rows], mk[rows], S[rows], count[rows])
+        )
+        a, b = np.exp(la)[it], np.exp(lb)[it]
+        bs = b + gaps
+        ll = gammaln(a + m_k) - gammaln(a) + a * (lb[it] - np.log(bs)) - m_k * np.log(bs)
+        d_a = digamma(a + m_k) - digamma(a) + lb[it] - np.log(bs)
         frac = b / bs
         g_a = a * d_a
-        g_b = a - (a + mk) * frac
-        h_aa = g_a + a * a * (polygamma(1, a + mk) - polygamma(1, a))
+        g_b = a - (a + m_k) * frac
+        h_aa = g_a + a * a * (polygamma(1, a + m_k) - polygamma(1, a))
         h_ab = a * (1.0 - frac)
-        h_bb = -(a + mk) * frac * (1.0 - frac)
+        h_bb = -(a + m_k) * frac * (1.0 - frac)
 
         def per_item(v: np.ndarray) -> np.ndarray:
-            return np.bincount(item, weights=count * v, minlength=n_items)
+            return np.bincount(it, weights=n * v, minlength=n_items)
 
         da, dr = la - ref_a, (lb - la) - ref_ratio
         f = per_item(ll) - 0.5 * w * (da**2 + dr**2)
@@ -196,7 +202,9 @@ def _newton_per_item(
         step_a, step_b = step_a * shrink * active, step_b * shrink * active
         la_new = np.clip(la + step_a, lo, hi)
         lb_new = np.clip(lb + step_b, lo, hi)
-        trial = evaluate(la_new, lb_new)
+        # most items settle in a few steps: the rest are evaluated on their rows only
+        rows = None if active.all() else np.flatnonzero(active[item])
+        trial = evaluate(la_new, lb_new, rows)
         better = active & np.isfinite(trial[0]) & (trial[0] >= f - 1e-12 * np.abs(f))
         la, lb = np.where(better, la_new, la), np.where(better, lb_new, lb)
         f, ga, gb, haa, hab, hbb = (

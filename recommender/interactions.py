@@ -114,16 +114,18 @@ def apply_weighting(
     df = np.bincount(m.indices, minlength=m.shape[1]).astype(np.float64)
     idf = np.log(n_users) - np.log1p(df)
     idf = np.maximum(idf, 0.0) + 1e-3  # keep items everyone buys weakly positive
+    # re-weighted in place on the (copied) CSR arrays: no round trip through COO
+    m.sum_duplicates()
     if scheme == "tfidf":
-        coo = m.tocoo()
-        m = sp.csr_matrix((np.sqrt(coo.data) * idf[coo.col], (coo.row, coo.col)), shape=m.shape)
-        return m.astype(np.float32)
+        m.data = (np.sqrt(m.data) * idf[m.indices]).astype(np.float32)
+        return m
     row_sums = np.asarray(m.sum(axis=1)).ravel()
     avg = row_sums.mean() if n_users else 1.0
     length_norm = (1.0 - b) + b * row_sums / max(avg, 1e-12)
-    coo = m.tocoo()
-    data = coo.data * (k1 + 1.0) / (k1 * length_norm[coo.row] + coo.data) * idf[coo.col]
-    return sp.csr_matrix((data.astype(np.float32), (coo.row, coo.col)), shape=m.shape)
+    row = np.repeat(np.arange(n_users), np.diff(m.indptr))
+    data = m.data * (k1 + 1.0) / (k1 * length_norm[row] + m.data) * idf[m.indices]
+    m.data = data.astype(np.float32)
+    return m
 
 
 def temporal_split(frame: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -124,6 +124,7 @@ def _fit_ranking(
     end: pd.Timestamp,
     cfg: TrainConfig,
     *,
+    counts: sp.csr_matrix | None,
     timings: dict[str, float],
     say: Reporter,
     warn: Reporter,
@@ -131,7 +132,8 @@ def _fit_ranking(
 ) -> tuple[ALSRecommender, ALSConfig, list[dict[str, Any]], dict[str, Any]]:
     """Split, search (when on), fit ALS on the history, judge it and the
     baselines on the window, refit on everything: ``(model, chosen config,
-    search trials, metrics)``."""
+    search trials, metrics)``. ``counts``, when given, is the summed row
+    weights of the whole ``frame`` (built once by the caller)."""
     chosen = cfg.als
     trials: list[dict[str, Any]] = []
     with _step("split off the evaluation window", timings, say):
@@ -190,7 +192,9 @@ def _fit_ranking(
                     ),
                 )
     with _step("fit ALS on the history before the window", timings, say):
-        matrix = ranking.weighted_matrix(split.train, customers, items, chosen, now=eval_cut)
+        matrix = ranking.weighted_matrix(
+            split.train, customers, items, chosen, now=eval_cut, counts=split.counts
+        )
         eval_model = ranking.fit_als(matrix, chosen, cfg.seed, show_progress=show_progress)
     with _step("evaluate ALS and baselines on the window", timings, say):
         ranking_metrics = {"als": ranking.evaluate(eval_model, split)}
@@ -205,7 +209,7 @@ def _fit_ranking(
         },
     }
     with _step("refit ALS on the whole log", timings, say):
-        full = ranking.weighted_matrix(frame, customers, items, chosen, now=end)
+        full = ranking.weighted_matrix(frame, customers, items, chosen, now=end, counts=counts)
         als_model = ranking.fit_als(
             full,
             chosen,
@@ -342,6 +346,10 @@ def train(
                 _fit_timing_in_background, purchases, customers, items, end, cfg, future
             )
             say("        next-purchase and buy-again models: fitting alongside ALS")
+        # Purchases per customer and item: what serving ranks from and leaves
+        # out. In a log of orders alone every row weighs 1, so it is also the
+        # whole log's counts that ALS is refitted on.
+        history = build_matrix(purchases.assign(weight=1.0), customers, items)
         if rank_ok:
             als_model, chosen, trials, rank_metrics = _fit_ranking(
                 frame,
@@ -351,6 +359,7 @@ def train(
                 eval_cut,
                 end,
                 cfg,
+                counts=None if tx.has_events else history,
                 timings=timings,
                 say=say,
                 warn=warn,
@@ -369,7 +378,6 @@ def train(
     reports: dict[str, bytes] = {}
     if "timing" in metrics and "_calibration_png" in metrics["timing"]:
         reports["timing_calibration.png"] = metrics["timing"].pop("_calibration_png")
-    history = build_matrix(purchases.assign(weight=1.0), customers, items)
     popularity = recent_popularity(purchases, history, customers, items, end, cfg.popularity_days)
     catalog = Catalog.from_frame(catalog_frame, items)
     topn = None

@@ -83,8 +83,14 @@ def weighted_matrix(
     items: IdIndex,
     cfg: ALSConfig,
     now: pd.Timestamp,
+    counts: sp.csr_matrix | None = None,
 ) -> sp.csr_matrix:
-    counts = build_matrix(split_train, customers, items, half_life_days=cfg.half_life_days, now=now)
+    """The matrix ALS is fitted on: ``counts`` (the summed row weights of
+    ``split_train``, when already built) or a recency-decayed sum, re-weighted."""
+    if counts is None or cfg.half_life_days is not None:
+        counts = build_matrix(
+            split_train, customers, items, half_life_days=cfg.half_life_days, now=now
+        )
     return apply_weighting(counts, cfg.weighting)
 
 

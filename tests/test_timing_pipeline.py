@@ -135,3 +135,31 @@ def test_top_from_sparse_ranks_each_row_by_value_then_stored_order(seed):
         want = cols[np.argsort(-vals, kind="stable")][:k]
         assert got[r, : len(want)].tolist() == want.tolist()
         assert (got[r, len(want) :] == -1).all()
+
+
+def test_buy_again_is_judged_on_a_sample_of_customers():
+    """The judged copy of the buy-again model is refitted on at most
+    ``max_buy_again_eval_fit_customers`` customers, and only they are judged."""
+    from recommender.data import IdIndex
+    from recommender.synthetic import generate_shop
+    from training.timing_step import fit_timing_models
+
+    frame = generate_shop("demo", seed=0).transactions.copy()
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    customers = IdIndex.from_values(frame["customer_id"])
+    items = IdIndex.from_values(frame["item_id"])
+    end = frame["timestamp"].max().normalize() + pd.Timedelta(days=1)
+
+    def judged(limit):
+        cfg = TrainConfig(max_buy_again_eval_fit_customers=limit)
+        return fit_timing_models(frame, customers, items, end, cfg, warn=lambda m: None)[2][
+            "buy_again"
+        ]
+
+    full, sampled = judged(None), judged(300)
+    buyers_before = frame.loc[frame["timestamp"] < end - pd.Timedelta(days=28), "customer_id"]
+    assert full["fit_customers"] == buyers_before.nunique()
+    assert sampled["fit_customers"] == 300
+    # a tenth of the customers: about a tenth of those judged, never all of them
+    assert 0 < sampled["customers"] < 300 and sampled["customers"] < full["customers"] / 3
+    assert 0.0 <= sampled["buy_again"]["recall@10"] <= 1.0

@@ -248,3 +248,32 @@ def test_betaincc_on_distinct_rows_equals_betaincc_everywhere():
         on_distinct_rows(betaincc, k[:1], a[:1], x[:1]), betaincc(k[:1], a[:1], x[:1])
     )
     assert on_distinct_rows(betaincc, k[:0], a[:0], x[:0]).shape == (0,)
+
+
+def test_gap_survival_is_the_upper_tail_of_the_predictive_gap():
+    """``_gap_survival`` (betainc of the other tail) against the textbook form
+    ``betaincc(k, a, e / (e + b))`` and a Monte Carlo of the beta-prime gap."""
+    from recommender.repurchase import _gap_survival
+
+    rng = np.random.default_rng(0)
+    k = rng.uniform(0.5, 30.0, 5000)
+    a = np.exp(rng.uniform(0.0, np.log(500.0), 5000))
+    b = np.exp(rng.uniform(0.0, np.log(5000.0), 5000))
+    e = np.exp(rng.uniform(-3.0, np.log(3000.0), 5000))
+    ours, ref = _gap_survival(k, a, b, e), betaincc(k, a, e / (e + b))
+    keep = ref > 1e-250
+    np.testing.assert_allclose(ours[keep], ref[keep], rtol=1e-9)
+    # gap ~ Gamma(k, rate lambda), lambda ~ Gamma(a, rate b): P(gap > e)
+    lam = rng.gamma(3.0, 1.0 / 40.0, 400_000)
+    gaps = rng.gamma(2.0, 1.0 / lam)
+    for days in (5.0, 30.0, 120.0):
+        mc = float(np.mean(gaps > days))
+        assert (
+            abs(
+                _gap_survival(np.array([2.0]), np.array([3.0]), np.array([40.0]), np.array([days]))[
+                    0
+                ]
+                - mc
+            )
+            < 0.005
+        )

@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from scipy import optimize
 from scipy.special import betainc, digamma, gammaln, polygamma
 
-from recommender.base import seeded_subset
+from recommender.base import seeded_mask
 from recommender.timing import on_distinct_rows
 
 __all__ = ["NotFittedError", "RepurchaseModel", "RepurchaseStateError"]
@@ -338,9 +338,8 @@ class RepurchaseModel:
         n_pairs = p_n.size
         sum_log_gap = np.bincount(gap_pair, weights=np.log(gaps[same]), minlength=n_pairs)
 
-        in_sample = np.zeros(n_customers, dtype=bool)
         buyers = p_cust[np.r_[True, p_cust[1:] != p_cust[:-1]]] if c.size else p_cust
-        in_sample[seeded_subset(buyers, self.prior_sample, seed=2)] = True
+        in_sample = seeded_mask(buyers, n_customers, self.prior_sample, seed=2)
 
         rep_cust = np.bincount(p_item[p_m >= 1], minlength=n_items)
         is_rep = rep_cust >= self.min_item_repeat_customers

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.base import seeded_subset
+from recommender.base import seeded_mask, seeded_subset
 from recommender.data import IdIndex
 from recommender.metrics import ndcg_at_k, recall_at_k
 from recommender.repurchase import RepurchaseModel
@@ -170,14 +170,18 @@ def fit_timing_models(
                     # who bought before the window: the item-level estimates
                     # need no more (the published fit draws its priors from
                     # as many), and the judge sees at most max_eval_customers.
-                    sample = _customer_sample(
-                        cust_codes[before & ok], n_c, cfg.max_buy_again_eval_fit_customers, cfg.seed
+                    bought_before = np.flatnonzero(
+                        np.bincount(cust_codes[before & ok], minlength=n_c)
+                    )
+                    sample = seeded_mask(
+                        bought_before, n_c, cfg.max_buy_again_eval_fit_customers, cfg.seed
                     )
                     use = ok & sample[cust_codes]
+                    fit_rows = before & use
                     ev = RepurchaseModel(min_customer_purchases=1).fit(
-                        cust_codes[before & use],
-                        item_codes[before & use],
-                        days[before & use],
+                        cust_codes[fit_rows],
+                        item_codes[fit_rows],
+                        days[fit_rows],
                         eval_cut,
                         n_c,
                         n_i,
@@ -209,15 +213,6 @@ def fit_timing_models(
     metrics.update(timing_metrics)
     metrics.update(repurchase_metrics)
     return timing, repurchase, metrics
-
-
-def _customer_sample(cust: np.ndarray, n: int, limit: int | None, seed: int) -> np.ndarray:
-    """A mask over ``n`` customer codes: a seeded sample of at most ``limit``
-    of those in ``cust``."""
-    present = np.flatnonzero(np.bincount(cust, minlength=n))
-    mask = np.zeros(n, dtype=bool)
-    mask[seeded_subset(present, limit, seed)] = True
-    return mask
 
 
 def _customer_days(cust: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -128,7 +128,15 @@ def apply_weighting(
     return m
 
 
-def temporal_split(frame: pd.DataFrame, cutoff: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows before ``cutoff`` (training) and from it on (evaluation window)."""
+def rows_in_time_range(
+    frame: pd.DataFrame, start: pd.Timestamp | None, stop: pd.Timestamp
+) -> pd.DataFrame:
+    """Rows with ``start <= timestamp < stop`` (no lower bound for None): a
+    slice of a frame in time order (as loaded), which costs nothing, else a
+    filtered copy."""
     ts = frame["timestamp"]
-    return frame[ts < cutoff], frame[ts >= cutoff]
+    if ts.is_monotonic_increasing:
+        lo = 0 if start is None else int(ts.searchsorted(start, side="left"))
+        return frame.iloc[lo : int(ts.searchsorted(stop, side="left"))]
+    keep = ts < stop if start is None else (ts >= start) & (ts < stop)
+    return frame[keep]

@@ -19,7 +19,7 @@ from recommender.baselines import (
     PopularityRecommender,
 )
 from recommender.data import IdIndex
-from recommender.interactions import apply_weighting, build_matrix
+from recommender.interactions import apply_weighting, build_matrix, rows_in_time_range
 from recommender.metrics import evaluate_recommender
 from training.config import ALSConfig
 
@@ -66,8 +66,8 @@ def make_split(
     window: a cold customer has nothing for a personal model to work from, and
     is served by popularity whatever the model.
     """
-    train = _in_time_range(frame, None, cutoff)
-    window = _in_time_range(purchases, cutoff, end)
+    train = rows_in_time_range(frame, None, cutoff)
+    window = rows_in_time_range(purchases, cutoff, end)
     counts = build_matrix(train, customers, items)
     relevant = build_matrix(window.assign(weight=1.0), customers, items)
     has_hist = np.diff(counts.indptr) > 0
@@ -75,19 +75,6 @@ def make_split(
     users = np.flatnonzero(has_hist & has_rel)
     users = seeded_subset(users, max_users, seed)
     return Split(train=train, counts=counts, relevant=relevant, users=users, cutoff=cutoff)
-
-
-def _in_time_range(
-    frame: pd.DataFrame, start: pd.Timestamp | None, stop: pd.Timestamp
-) -> pd.DataFrame:
-    """Rows with ``start <= timestamp < stop``: a slice of a frame in time
-    order (as loaded), which costs nothing, else a filtered copy."""
-    ts = frame["timestamp"]
-    if ts.is_monotonic_increasing:
-        lo = 0 if start is None else int(ts.searchsorted(start, side="left"))
-        return frame.iloc[lo : int(ts.searchsorted(stop, side="left"))]
-    keep = ts < stop if start is None else (ts >= start) & (ts < stop)
-    return frame[keep]
 
 
 def weighted_matrix(

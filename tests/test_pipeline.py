@@ -351,9 +351,10 @@ def test_no_search_when_off_or_the_log_is_large(log_path, tmp_path, search):
     assert not any("hyperparameter search" in line for line in said)
 
 
-def test_timing_models_fitted_alongside_als_report_in_order(shop, tmp_path):
-    """The background fit's warnings reach the run's warnings, the manifest and
-    the printed log, after the step that waits for it."""
+def test_timing_models_fitted_before_als_report_in_order(shop, tmp_path):
+    """The background fit runs beside the split and the baselines, ALS waits
+    for it, and its warnings reach the run's warnings, the manifest and the
+    printed log, after the step that waits for it."""
     once = shop.drop_duplicates(["customer_id", "item_id"])  # nobody rebuys an item
     log = write_log(tmp_path / "once.csv", once, bad_rows=False)
     lines: list[str] = []
@@ -363,13 +364,18 @@ def test_timing_models_fitted_alongside_als_report_in_order(shop, tmp_path):
     assert note in result.warnings and note in result.manifest["warnings"]
     waited = next(i for i, s in enumerate(lines) if s.startswith("[done] finish the next-purchase"))
     assert lines.index(f"[warn] {note}") > waited
-    assert any(s.startswith("[done] refit ALS") for s in lines[:waited])
-    assert "next-purchase and buy-again models (alongside ALS)" in result.manifest["timings_s"]
+    assert any(s.startswith("[done] evaluate the baselines") for s in lines[:waited])
+    assert not any("ALS" in s for s in lines[:waited])
+    assert any(s.startswith("[done] fit ALS on the history") for s in lines[waited:])
+    assert "next-purchase and buy-again models (own time)" in result.manifest["timings_s"]
     assert result.manifest["components"]["timing"] is True
     assert result.manifest["components"]["repurchase"] is False
 
 
-def test_crash_in_ranking_waits_for_the_background_fit(published_copy, log_path, monkeypatch):
+@pytest.mark.parametrize("step", ["evaluate_baselines", "fit_als"])
+def test_crash_in_ranking_waits_for_the_background_fit(published_copy, log_path, monkeypatch, step):
+    """A crash while the background fit runs (judging the baselines) or after
+    it (fitting ALS) leaves no thread behind and the published version as it was."""
     import threading
 
     models, version = published_copy
@@ -377,7 +383,7 @@ def test_crash_in_ranking_waits_for_the_background_fit(published_copy, log_path,
     def boom(*a, **k):
         raise MemoryError("simulated crash in the middle of fitting")
 
-    monkeypatch.setattr(ranking, "fit_als", boom)
+    monkeypatch.setattr(ranking, step, boom)
     cfg = dataclasses.replace(fast_config(), timing=True)
     with pytest.raises(MemoryError):
         train(log_path, models_dir=models, config=cfg, say=quiet)

@@ -5,7 +5,8 @@ evaluation window; search ALS hyperparameters on the window before it (by
 default only on logs small enough for that to take seconds); fit ALS on the
 history before the window and judge it and the baselines on the window; refit
 on the whole log (warm-started). The next-purchase and buy-it-again models
-are fitted and judged in a background thread meanwhile. Then write the version
+are fitted and judged in a background thread while the log is split and the
+baselines are judged, and before ALS starts. Then write the version
 atomically; read it back and check it; only then switch ``current``. A crash
 anywhere leaves the published version as it was.
 """
@@ -125,15 +126,17 @@ def _fit_ranking(
     cfg: TrainConfig,
     *,
     counts: sp.csr_matrix | None,
+    before_als: Callable[[], None],
     timings: dict[str, float],
     say: Reporter,
     warn: Reporter,
     show_progress: bool,
 ) -> tuple[ALSRecommender, ALSConfig, list[dict[str, Any]], dict[str, Any]]:
-    """Split, search (when on), fit ALS on the history, judge it and the
-    baselines on the window, refit on everything: ``(model, chosen config,
-    search trials, metrics)``. ``counts``, when given, is the summed row
-    weights of the whole ``frame`` (built once by the caller)."""
+    """Split, judge the baselines on the window, search (when on), fit ALS on
+    the history, judge it on the window, refit on everything: ``(model, chosen
+    config, search trials, metrics)``. ``counts``, when given, is the summed
+    row weights of the whole ``frame`` (built once by the caller);
+    ``before_als`` is called once, before the first ALS fit."""
     chosen = cfg.als
     trials: list[dict[str, Any]] = []
 
@@ -160,6 +163,11 @@ def _fit_ranking(
             "no customer with history buys in the evaluation window; "
             "the model cannot be evaluated (check --as-of and --eval-days)"
         )
+    baselines: dict[str, Any] = {}
+    if cfg.run_baselines:
+        with _step("evaluate the baselines on the window", timings, say):
+            baselines = ranking.evaluate_baselines(split)
+    before_als()
     search_on = cfg.search.enabled
     if search_on is None:
         search_on = len(frame) <= cfg.search.auto_max_rows
@@ -191,12 +199,10 @@ def _fit_ranking(
             split.train, customers, items, chosen, now=eval_cut, counts=split.counts
         )
         eval_model = ranking.fit_als(matrix, chosen, cfg.seed, show_progress=show_progress)
-    with _step("evaluate ALS and baselines on the window", timings, say):
-        ranking_metrics = {"als": ranking.evaluate(eval_model, split)}
-        if cfg.run_baselines:
-            ranking_metrics.update(ranking.evaluate_baselines(split))
+    with _step("evaluate ALS on the window", timings, say):
+        als_metrics = ranking.evaluate(eval_model, split)
     metrics = {
-        "ranking": ranking_metrics,
+        "ranking": {"als": als_metrics, **baselines},
         "ranking_window": {
             "start": eval_cut.isoformat(),
             "end": end.isoformat(),
@@ -327,12 +333,13 @@ def train(
         )
 
     # The timing models need only the purchases: they are fitted in a
-    # background thread while ALS runs (their numpy and scipy work releases
-    # the GIL). They use the core the single-threaded steps leave idle, but
-    # ALS keeps both cores busy, so mostly they share the CPU with it: on the
-    # 5M-row bench log its fit on the history took 30.6 s without them and
-    # 35-50 s beside them, against 12-15 s of their own.
+    # background thread (their numpy and scipy work releases the GIL) while
+    # the log is split and the baselines are judged, and ALS waits for them.
+    # ALS keeps both cores busy and is bound by memory access: beside them,
+    # its fit on the 5M-row bench log took 41-49 s instead of 29-31 s, more
+    # than their own 8-9 s on two cores when nothing else runs.
     timing_model = repurchase_model = None
+    timing_metrics: dict[str, Any] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-timing") as background:
         timing_job = None
         if cfg.timing:
@@ -342,7 +349,20 @@ def train(
             timing_job = background.submit(
                 _fit_timing_in_background, purchases, customers, items, end, cfg, future
             )
-            say("        next-purchase and buy-again models: fitting alongside ALS")
+            say("        next-purchase and buy-again models: fitting in the background")
+
+        def finish_timing() -> None:
+            nonlocal timing_job, timing_model, repurchase_model, timing_metrics
+            if timing_job is None:
+                return
+            with _step("finish the next-purchase and buy-again models", timings, say):
+                timing_model, repurchase_model, timing_metrics, notes, seconds = timing_job.result()
+            timing_job = None
+            timings["next-purchase and buy-again models (own time)"] = round(seconds, 3)
+            say(f"        they took {seconds:.2f}s in all, alongside the steps above")
+            for note in notes:
+                warn(note)
+
         # Purchases per customer and item: what serving ranks from and leaves
         # out. In a log of orders alone every row weighs 1, so it is also the
         # whole log's counts that ALS is refitted on.
@@ -357,20 +377,15 @@ def train(
                 end,
                 cfg,
                 counts=None if tx.has_events else history,
+                before_als=finish_timing,
                 timings=timings,
                 say=say,
                 warn=warn,
                 show_progress=show_progress,
             )
             metrics.update(rank_metrics)
-        if timing_job is not None:
-            with _step("finish the next-purchase and buy-again models", timings, say):
-                timing_model, repurchase_model, timing_metrics, notes, seconds = timing_job.result()
-            timings["next-purchase and buy-again models (alongside ALS)"] = round(seconds, 3)
-            say(f"        they took {seconds:.2f}s in all, alongside the steps above")
-            for note in notes:
-                warn(note)
-            metrics.update(timing_metrics)
+        finish_timing()  # when there is no ranking model to wait before
+    metrics.update(timing_metrics)
 
     reports: dict[str, bytes] = {}
     if "timing" in metrics and "_calibration_png" in metrics["timing"]:

@@ -351,6 +351,31 @@ def test_no_search_when_off_or_the_log_is_large(log_path, tmp_path, search):
     assert not any("hyperparameter search" in line for line in said)
 
 
+@pytest.mark.parametrize("search", [False, True], ids=["--no-search", "--search"])
+def test_published_model_gets_the_configured_sweeps(log_path, tmp_path, monkeypatch, search):
+    """iterations - refit_iterations sweeps on the history (and in every search
+    trial, which stands for that fit), then refit_iterations warm on the whole log."""
+    sweeps: list[tuple[int, bool]] = []
+    real = ranking.fit_als
+
+    def spy(matrix, cfg, seed, **kw):
+        sweeps.append((kw.get("iterations", cfg.iterations), kw.get("warm_start") is not None))
+        return real(matrix, cfg, seed, **kw)
+
+    monkeypatch.setattr(ranking, "fit_als", spy)
+    monkeypatch.setattr("training.search.fit_als", spy)
+    cfg = fast_config(search=SearchConfig(enabled=search, max_trials=2))
+    result = train(log_path, models_dir=tmp_path, config=cfg, say=quiet)
+    chosen = result.manifest["config"]["als_chosen"]
+    assert sweeps[-1] == (chosen["refit_iterations"], True)
+    assert sweeps[-2] == (chosen["iterations"] - chosen["refit_iterations"], False)
+    trials = result.manifest["search"]["trials"] if search else []
+    assert len(sweeps) == 2 + len(trials)
+    for (n, warm), trial in zip(sweeps, trials, strict=False):
+        tried = trial["config"]
+        assert (n, warm) == (tried["iterations"] - tried["refit_iterations"], False)
+
+
 def test_timing_models_fitted_before_als_report_in_order(shop, tmp_path):
     """The background fit runs beside the split and the baselines, ALS waits
     for it, and its warnings reach the run's warnings, the manifest and the

@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--search-budget", type=_positive_float, default=120.0, help="seconds")
     t.add_argument("--search-trials", type=_positive_int, default=12)
     t.add_argument("--factors", type=_positive_int)
-    t.add_argument("--iterations", type=_positive_int)
+    t.add_argument(
+        "--iterations", type=_positive_int, help="ALS sweeps of the published model (default 15)"
+    )
     t.add_argument("--regularization", type=_positive_float)
     t.add_argument("--alpha", type=_positive_float)
     t.add_argument("--weighting", choices=["raw", "log", "bm25", "tfidf"])

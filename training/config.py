@@ -20,13 +20,22 @@ class ALSConfig:
     """Confidence scale of a (weighted) interaction (BM25 weights are already
     large, so 1 is the measured best; see bench/sweep_defaults.py)."""
     iterations: int = 15
-    """ALS sweeps when fitting on the evaluation split."""
+    """ALS sweeps of the published model: ``iterations - refit_iterations``
+    from scratch on the history before the evaluation window (the judged
+    model), then ``refit_iterations`` on the whole log, warm-started. On the
+    generated shops, 11, 13 and 15 sweeps on the history gave the same nDCG@10
+    to within 0.001, judged and published."""
     weighting: str = "bm25"
     """Interaction weighting: raw, log, bm25 or tfidf."""
     half_life_days: float | None = None
     """Recency decay of each order line's weight; None keeps all lines equal."""
     refit_iterations: int = 2
-    """Extra sweeps on the whole log, warm-started from the evaluated model."""
+    """Sweeps on the whole log, warm-started from the evaluated model."""
+
+    @property
+    def history_iterations(self) -> int:
+        """Sweeps of the fit on the history (and of a search trial): at least one."""
+        return max(1, self.iterations - self.refit_iterations)
 
 
 @dataclass

@@ -198,7 +198,13 @@ def _fit_ranking(
         matrix = ranking.weighted_matrix(
             split.train, customers, items, chosen, now=eval_cut, counts=split.counts
         )
-        eval_model = ranking.fit_als(matrix, chosen, cfg.seed, show_progress=show_progress)
+        eval_model = ranking.fit_als(
+            matrix,
+            chosen,
+            cfg.seed,
+            iterations=chosen.history_iterations,
+            show_progress=show_progress,
+        )
     with _step("evaluate ALS on the window", timings, say):
         als_metrics = ranking.evaluate(eval_model, split)
     metrics = {

@@ -66,7 +66,8 @@ def search(
         matrix = weighted_matrix(
             split.train, customers, items, cfg, now=split.cutoff, counts=split.counts
         )
-        model = fit_als(matrix, cfg, settings.seed)
+        # a trial stands for the judged fit on the history
+        model = fit_als(matrix, cfg, settings.seed, iterations=cfg.history_iterations)
         metrics = evaluate(model, split)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         trial = {"config": dataclasses.asdict(cfg), "metrics": metrics}

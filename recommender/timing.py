@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -1263,6 +1264,27 @@ class PurchaseTimingModel:
         model.penalized_ = True
         return model
 
+    def _fit_candidates(
+        self, summary: PurchaseSummary, rows: np.ndarray | None
+    ) -> list[tuple[str, _TimingModel | TimingFitError]]:
+        """Every candidate fitted on ``rows`` of ``summary`` (or the error that
+        stopped it), in the order of ``candidates``.
+
+        The fits are independent and spend their time in numpy and scipy,
+        which release the GIL, so they run side by side in threads.
+        """
+
+        def attempt(name: str) -> _TimingModel | TimingFitError:
+            try:
+                return self._fit_one(name, summary, rows)
+            except TimingFitError as exc:
+                return exc
+
+        if len(self.candidates) < 2:
+            return [(name, attempt(name)) for name in self.candidates]
+        with ThreadPoolExecutor(len(self.candidates), thread_name_prefix="encore-fit") as pool:
+            return list(zip(self.candidates, pool.map(attempt, self.candidates), strict=True))
+
     def fit(
         self,
         customer_codes: np.ndarray,
@@ -1335,11 +1357,9 @@ class PurchaseTimingModel:
                 n_customers=int(rows.size),
             )
             scores: dict[str, float] = {}
-            for name in self.candidates:
-                try:
-                    m = self._fit_one(name, cal, rows)
-                except TimingFitError as exc:
-                    selection["candidates"][name] = {"error": str(exc)}
+            for name, m in self._fit_candidates(cal, rows):
+                if isinstance(m, TimingFitError):
+                    selection["candidates"][name] = {"error": str(m)}
                     continue
                 cal_models[name] = m
                 ev = evaluate_timing(
@@ -1365,12 +1385,11 @@ class PurchaseTimingModel:
             order = sorted(scores, key=lambda k: scores[k])
         else:
             fitted: dict[str, _TimingModel] = {}
-            for name in self.candidates:
-                try:
-                    fitted[name] = self._fit_one(name, summary, fit_rows)
-                except TimingFitError as exc:
-                    selection["candidates"][name] = {"error": str(exc)}
+            for name, m in self._fit_candidates(summary, fit_rows):
+                if isinstance(m, TimingFitError):
+                    selection["candidates"][name] = {"error": str(m)}
                     continue
+                fitted[name] = m
                 selection["candidates"][name] = {
                     "params": dict(fitted[name].params_ or {}),
                     "log_likelihood": fitted[name].log_likelihood_,

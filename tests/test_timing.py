@@ -568,6 +568,29 @@ def test_wrapper_without_holdout_and_failures():
         PurchaseTimingModel(candidates=("weibull",)).fit(codes, days, CAL_END, n)
 
 
+def test_candidates_fitted_side_by_side_match_one_at_a_time(monkeypatch):
+    """The candidates run in threads: each gets the figures it gets alone, in
+    the order of ``candidates``, and one that fails is recorded, not fatal."""
+    from recommender import timing
+    from recommender.timing import PurchaseTimingModel
+
+    codes, days, n = load_cdnow()
+
+    class Failing(timing.MBGNBD):
+        def fit(self, *a, **k):
+            raise TimingFitError("simulated failure")
+
+    monkeypatch.setitem(timing.MODELS, "mbgnbd", Failing)
+    both = PurchaseTimingModel(holdout_days=91.0, candidates=("pareto_nbd", "mbgnbd", "bgnbd"))
+    sel = both.fit(codes, days, CAL_END, n).selection_["candidates"]
+    assert list(sel) == ["pareto_nbd", "mbgnbd", "bgnbd"]
+    assert sel["mbgnbd"] == {"error": "simulated failure"}
+    for name in ("pareto_nbd", "bgnbd"):
+        alone = PurchaseTimingModel(holdout_days=91.0, candidates=(name,))
+        assert sel[name] == alone.fit(codes, days, CAL_END, n).selection_["candidates"][name]
+    assert both.model_name_ in ("pareto_nbd", "bgnbd")
+
+
 @pytest.mark.parametrize("cls", [BGNBD, ParetoNBD, MBGNBD])
 def test_large_batches_equal_small_batches(cls, cdnow):
     """Big inputs evaluate special functions once per distinct row; same answers."""

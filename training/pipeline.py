@@ -373,6 +373,13 @@ def train(
         # out. In a log of orders alone every row weighs 1, so it is also the
         # whole log's counts that ALS is refitted on.
         history = build_matrix(purchases.assign(weight=1.0), customers, items)
+        # The rest of what serving reads besides the models, and the data
+        # fingerprint, are built here while the background fit runs.
+        popularity = recent_popularity(
+            purchases, history, customers, items, end, cfg.popularity_days
+        )
+        catalog = Catalog.from_frame(catalog_frame, items)
+        fingerprint = tx.fingerprint()
         if rank_ok:
             als_model, chosen, trials, rank_metrics = _fit_ranking(
                 frame,
@@ -396,8 +403,6 @@ def train(
     reports: dict[str, bytes] = {}
     if "timing" in metrics and "_calibration_png" in metrics["timing"]:
         reports["timing_calibration.png"] = metrics["timing"].pop("_calibration_png")
-    popularity = recent_popularity(purchases, history, customers, items, end, cfg.popularity_days)
-    catalog = Catalog.from_frame(catalog_frame, items)
     topn = None
     n_scores = float(len(customers)) * float(len(items))
     if als_model is not None and cfg.top_n > 0 and n_scores > cfg.top_n_max_scores:
@@ -417,7 +422,7 @@ def train(
         "libraries": library_versions(),
         "config": {**cfg.to_dict(), "als_chosen": dataclasses.asdict(chosen)},
         "config_hash": cfg.hash(),
-        "data": tx.fingerprint(),
+        "data": fingerprint,
         "validation": rep.to_dict(),
         "catalog": catalog_report,
         "metrics": metrics,

@@ -341,9 +341,9 @@ def train(
     # The timing models need only the purchases: they are fitted in a
     # background thread (their numpy and scipy work releases the GIL) while
     # the log is split and the baselines are judged, and ALS waits for them.
-    # ALS keeps both cores busy and is bound by memory access: beside them,
-    # its fit on the 5M-row bench log took 41-49 s instead of 29-31 s, more
-    # than their own 8-9 s on two cores when nothing else runs.
+    # ALS keeps both cores busy and is bound by memory access: in three
+    # alternating runs on the 5M-row bench log its fit on the history took
+    # 42-49 s beside them and 29-41 s after them, which took 7.7-8.8 s alone.
     timing_model = repurchase_model = None
     timing_metrics: dict[str, Any] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-timing") as background:

@@ -268,12 +268,5 @@ def test_gap_survival_is_the_upper_tail_of_the_predictive_gap():
     gaps = rng.gamma(2.0, 1.0 / lam)
     for days in (5.0, 30.0, 120.0):
         mc = float(np.mean(gaps > days))
-        assert (
-            abs(
-                _gap_survival(np.array([2.0]), np.array([3.0]), np.array([40.0]), np.array([days]))[
-                    0
-                ]
-                - mc
-            )
-            < 0.005
-        )
+        survival = _gap_survival(*(np.array([v]) for v in (2.0, 3.0, 40.0, days)))[0]
+        assert abs(survival - mc) < 0.005

@@ -21,6 +21,7 @@ Files in a version directory (schema version 1):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,13 @@ def save_bundle(
     timing: Any | None = None,
     repurchase: Any | None = None,
     version: str | None = None,
-    reports: dict[str, bytes] | None = None,
+    reports: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
 ) -> Path:
     """Write a complete version atomically and return its directory.
+
+    ``reports`` are files for people, each given as its bytes or as a function
+    that returns them (or None to leave it out); functions are called after
+    the arrays are written, so a report can be drawn beside the writing.
 
     The version is not published; call :func:`recommender.artifacts.publish`
     after :func:`load_bundle` has read it back.
@@ -183,8 +188,10 @@ def save_bundle(
             meta, arrays = repurchase.to_state()
             w.write_json("repurchase.json", meta)
             w.write_arrays("repurchase.npz", arrays)
-        for name, data in (reports or {}).items():
-            w.write_bytes(name, data)
+        for name, report in (reports or {}).items():
+            data = report() if callable(report) else report
+            if data is not None:
+                w.write_bytes(name, data)
         full = dict(manifest)
         full["components"] = components
         full["shape"] = {"customers": n_c, "items": n_i}

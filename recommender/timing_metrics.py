@@ -14,7 +14,8 @@ to a manifest with :func:`json.dumps` as is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from scipy.stats import rankdata
 
 __all__ = [
     "auc_score",
+    "calibration_png",
     "calibration_table",
     "count_metrics",
     "evaluate_timing",
@@ -241,25 +243,34 @@ def plot_calibration(
 ) -> Path:
     """Write a reliability diagram (PNG) of ``p`` against ``outcome``.
 
-    Uses matplotlib's Agg canvas directly, without pyplot, so no global
-    backend is changed and no display is needed.
-
     Returns
     -------
     Path
         The path written.
     """
+    out = Path(path)
+    out.write_bytes(calibration_png(calibration_table(p, outcome, bins), title))
+    return out
+
+
+def calibration_png(table: Sequence[Mapping[str, float]], title: str | None = None) -> bytes:
+    """A reliability diagram (PNG bytes) of a :func:`calibration_table`.
+
+    Drawn from the table alone, so it can be made after the predictions are
+    gone. Uses matplotlib's Agg canvas directly, without pyplot, so no global
+    backend is changed and no display is needed.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    table = calibration_table(p, outcome, bins)
     fig = Figure(figsize=(5, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     mp = [row["mean_predicted"] for row in table]
     ob = [row["observed_rate"] for row in table]
-    sizes = [max(10.0, 200.0 * row["n"] / max(1, len(np.ravel(p)))) for row in table]
+    total = max(1.0, float(sum(row["n"] for row in table)))
+    sizes = [max(10.0, 200.0 * row["n"] / total) for row in table]
     ax.plot(mp, ob, color="C0")
     ax.scatter(mp, ob, s=sizes, color="C0", label="bins (area ~ customers)")
     ax.set_xlim(0, 1)
@@ -268,6 +279,6 @@ def plot_calibration(
     ax.set_ylabel("observed share who bought")
     ax.set_title(title or "Calibration of P(purchase)")
     ax.legend(loc="upper left")
-    out = Path(path)
-    fig.savefig(out, format="png")
-    return out
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

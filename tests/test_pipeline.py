@@ -397,6 +397,21 @@ def test_timing_models_fitted_before_als_report_in_order(shop, tmp_path):
     assert result.manifest["components"]["repurchase"] is False
 
 
+def test_a_failed_calibration_plot_is_a_warning(log_path, tmp_path, monkeypatch):
+    import training.timing_step
+
+    def broken(judged):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(training.timing_step, "calibration_report", broken)
+    cfg = dataclasses.replace(fast_config(), timing=True)
+    result = train(log_path, models_dir=tmp_path / "m", config=cfg, say=quiet)
+    assert result.published
+    assert "calibration plot not written: no fonts" in result.manifest["warnings"]
+    assert "timing_calibration.png" not in result.manifest["files"]
+    assert "calibration" in result.manifest["metrics"]["timing"]
+
+
 @pytest.mark.parametrize("step", ["evaluate_baselines", "fit_als"])
 def test_crash_in_ranking_waits_for_the_background_fit(published_copy, log_path, monkeypatch, step):
     """A crash while the background fit runs (judging the baselines) or after

@@ -16,7 +16,7 @@ from recommender.bundle import load_bundle
 from training.config import TrainConfig
 from training.export import export_next_purchase
 from training.pipeline import train
-from training.timing_step import _top_from_sparse
+from training.timing_step import _top_from_sparse, calibration_report
 
 CDNOW = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 
@@ -83,6 +83,16 @@ def test_backtest_matches_published_figures(trained):
     sel = result.manifest["metrics"]["timing_selection"]
     assert sel["chosen"] in ("bgnbd", "pareto_nbd", "mbgnbd")
     assert set(sel["candidates"]) == {"bgnbd", "pareto_nbd", "mbgnbd"}
+
+
+def test_calibration_plot_is_drawn_from_the_manifest_table(trained):
+    """The published picture is the reliability diagram of the calibration
+    table the manifest holds, hashed like every other file."""
+    result, models, _ = trained
+    png = (result.path / "timing_calibration.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png == calibration_report(result.manifest["metrics"]["timing"])
+    assert "timing_calibration.png" in result.manifest["files"]
 
 
 def test_rows_after_as_of_are_counted(trained):

@@ -400,9 +400,6 @@ def train(
         finish_timing()  # when there is no ranking model to wait before
     metrics.update(timing_metrics)
 
-    reports: dict[str, bytes] = {}
-    if "timing" in metrics and "_calibration_png" in metrics["timing"]:
-        reports["timing_calibration.png"] = metrics["timing"].pop("_calibration_png")
     topn = None
     n_scores = float(len(customers)) * float(len(items))
     if als_model is not None and cfg.top_n > 0 and n_scores > cfg.top_n_max_scores:
@@ -430,7 +427,25 @@ def train(
         "warnings": warnings,
         "timings_s": timings,
     }
-    with _step("write and check the model version", timings, say):
+    with (
+        _step("write and check the model version", timings, say),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-report") as drawing,
+    ):
+        # The calibration plot is drawn on the core that writing leaves idle.
+        reports: dict[str, Callable[[], bytes | None]] = {}
+        if "calibration" in metrics.get("timing", {}):
+            from training.timing_step import calibration_report
+
+            plot = drawing.submit(calibration_report, metrics["timing"])
+
+            def calibration_plot() -> bytes | None:
+                try:
+                    return plot.result()
+                except Exception as exc:  # a missing picture must not stop the publish
+                    warn(f"calibration plot not written: {exc}")
+                    return None
+
+            reports["timing_calibration.png"] = calibration_plot
         models_dir = Path(models_dir)
         remove_stale_temporaries(models_dir)
         manifest["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +16,10 @@ from recommender.metrics import ndcg_at_k, recall_at_k
 from recommender.repurchase import RepurchaseModel
 from recommender.timing import PurchaseTimingModel
 from recommender.timing_metrics import (
+    calibration_png,
     calibration_table,
     evaluate_timing,
     naive_baselines,
-    plot_calibration,
 )
 from training.config import TrainConfig
 
@@ -268,19 +266,20 @@ def _judge_timing(
     }
     out = evaluate_timing(pred["expected_purchases"], actual, p, bought, baselines=baselines)
     out["calibration"] = calibration_table(p, bought)
-    with tempfile.TemporaryDirectory() as tmp:
-        png = plot_calibration(
-            p,
-            bought,
-            Path(tmp) / "cal.png",
-            title=f"P(buy within {p_horizon:g} days): predicted vs observed",
-        )
-        out["_calibration_png"] = png.read_bytes()
     out["horizon_days"] = horizon
     out["p_horizon_days"] = p_horizon
     out["customers"] = int(len(rows))
     out["model"] = model.model_name_
     return out
+
+
+def calibration_report(judged: dict[str, Any]) -> bytes:
+    """The reliability diagram (PNG) of a judged next-purchase model
+    (``metrics["timing"]``), drawn from its calibration table."""
+    return calibration_png(
+        judged["calibration"],
+        title=f"P(buy within {judged['p_horizon_days']:g} days): predicted vs observed",
+    )
 
 
 def _judge_buy_again(

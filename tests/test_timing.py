@@ -470,7 +470,9 @@ def test_wrapper_selects_on_holdout_and_refits(wrapper, cdnow):
     assert sel["chosen"] == wrapper.model_name_
     assert set(sel["candidates"]) == {"bgnbd", "pareto_nbd", "mbgnbd"}
     rmse = {k: v["rmse"] for k, v in sel["candidates"].items()}
-    assert sel["chosen"] == min(rmse, key=rmse.get)
+    best = min(rmse.values())
+    tied = [k for k in wrapper.candidates if rmse[k] <= best * (1.0 + sel["tolerance"])]
+    assert sel["chosen"] == tied[0]
     assert sel["calibration_end_day"] == CAL_END - 91.0
     assert {"past_rate", "average_rate"} <= set(sel["baselines"])
     # the chosen model was refitted on all data up to as_of_day
@@ -589,6 +591,63 @@ def test_candidates_fitted_side_by_side_match_one_at_a_time(monkeypatch):
         alone = PurchaseTimingModel(holdout_days=91.0, candidates=(name,))
         assert sel[name] == alone.fit(codes, days, CAL_END, n).selection_["candidates"][name]
     assert both.model_name_ in ("pareto_nbd", "bgnbd")
+
+
+def test_a_tie_on_the_holdout_goes_to_the_earliest_candidate(monkeypatch):
+    """Scores within the tolerance are a tie, and the order of preference, not
+    the difference, decides; without a tolerance the lower score wins in
+    either order."""
+    from recommender import timing
+    from recommender.timing import PurchaseTimingModel
+
+    class Nudged(timing.BGNBD):
+        """BG/NBD a hair off its optimum: a near-identical holdout score."""
+
+        name = "nudged"
+
+        def fit(self, *a, **k):
+            super().fit(*a, **k)
+            self.params_ = {**self.params_, "alpha": self.params_["alpha"] * 1.01}
+            return self
+
+    monkeypatch.setitem(timing.MODELS, "nudged", Nudged)
+    codes, days, n = load_cdnow()
+    exact = {}
+    for order in (("bgnbd", "nudged"), ("nudged", "bgnbd")):
+        m = PurchaseTimingModel(holdout_days=91.0, candidates=order).fit(codes, days, CAL_END, n)
+        a, b = (m.selection_["candidates"][k]["rmse"] for k in order)
+        assert a != b and a == pytest.approx(b, rel=1e-3)
+        assert m.model_name_ == order[0]
+        strict = PurchaseTimingModel(holdout_days=91.0, candidates=order, selection_tolerance=0.0)
+        exact[order] = strict.fit(codes, days, CAL_END, n).model_name_
+    assert len(set(exact.values())) == 1
+
+
+def test_a_pilot_fit_reaches_the_same_optimum(monkeypatch, cdnow):
+    """Started from a fit on a sample, each candidate ends where a cold start
+    does (the pilot only shortens the way)."""
+    from recommender import timing
+    from recommender.timing import PurchaseTimingModel
+
+    codes, days, n = load_cdnow()
+    sizes: list[int] = []
+    fit = timing._TimingModel.fit
+
+    def spy(self, x, *a, **k):
+        sizes.append(len(x))
+        return fit(self, x, *a, **k)
+
+    monkeypatch.setattr(timing._TimingModel, "fit", spy)
+    cold = PurchaseTimingModel(holdout_days=91.0, pilot_sample=None).fit(codes, days, CAL_END, n)
+    assert 500 not in sizes
+    piloted = PurchaseTimingModel(holdout_days=91.0, pilot_sample=500).fit(codes, days, CAL_END, n)
+    assert sizes.count(500) == 3  # one pilot per candidate; the refit starts from its own fit
+    for name, got in piloted.selection_["candidates"].items():
+        want = cold.selection_["candidates"][name]
+        assert got["log_likelihood"] == pytest.approx(want["log_likelihood"], rel=1e-6), name
+        for k, v in want["params"].items():
+            assert got["params"][k] == pytest.approx(v, rel=2e-3), (name, k)
+    assert piloted.model_name_ == cold.model_name_
 
 
 @pytest.mark.parametrize("cls", [BGNBD, ParetoNBD, MBGNBD])

@@ -610,7 +610,10 @@ def validate_transactions(
                 "price": price.to_numpy(dtype=np.float64, na_value=np.nan)[rows],
                 "event": event[rows],
                 "weight": weight.to_numpy(dtype=np.float64)[rows],
-            }
+            },
+            # the columns are fresh arrays: no copy, and no stacking of the
+            # float columns into one block (0.45 s on 5M rows)
+            copy=False,
         )
 
     frame = build(by_time[~duplicate[by_time]])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ __all__ = [
     "count_metrics",
     "evaluate_timing",
     "naive_baselines",
-    "plot_calibration",
     "probability_metrics",
 ]
 
@@ -236,21 +234,6 @@ def calibration_table(p: Any, outcome: Any, bins: int = 10) -> list[dict[str, fl
         for i in range(bins)
         if n[i] > 0
     ]
-
-
-def plot_calibration(
-    p: Any, outcome: Any, path: str | Path, bins: int = 10, title: str | None = None
-) -> Path:
-    """Write a reliability diagram (PNG) of ``p`` against ``outcome``.
-
-    Returns
-    -------
-    Path
-        The path written.
-    """
-    out = Path(path)
-    out.write_bytes(calibration_png(calibration_table(p, outcome, bins), title))
-    return out
 
 
 def calibration_png(table: Sequence[Mapping[str, float]], title: str | None = None) -> bytes:

@@ -44,7 +44,7 @@ class SearchConfig:
 
     enabled: bool | None = None
     """Run the search (``--search``), never (``--no-search``), or, when None,
-    only on logs of at most ``auto_max_rows`` rows (12 trials took 2.1-3.4 s
+    only on logs of at most ``auto_max_rows`` rows (12 trials took 1.6-3.4 s
     on the demo shop, once the timing models were done); otherwise the defaults above
     are used."""
     auto_max_rows: int = 1_000_000

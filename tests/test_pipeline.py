@@ -452,3 +452,29 @@ def test_split_is_the_same_for_a_log_in_time_order_and_shuffled(shop):
     assert (a.counts != b.counts).nnz == 0 and (a.relevant != b.relevant).nnz == 0
     np.testing.assert_array_equal(a.users, b.users)
     assert a.relevant.sum() == int(((frame["timestamp"] >= cut) & (frame["timestamp"] < end)).sum())
+
+
+def test_split_from_the_whole_log_counts_is_the_same(shop):
+    """A log of orders alone passes its whole count matrix: the history is
+    that minus the window when the window reaches the end of the log, and is
+    built from the rows when it does not (the search's validation window)."""
+    from recommender.data import IdIndex
+    from recommender.interactions import build_matrix
+
+    frame = shop.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    frame["weight"] = 1.0
+    customers = IdIndex.from_values(frame["customer_id"])
+    items = IdIndex.from_values(frame["item_id"])
+    total = build_matrix(frame, customers, items)
+    end = frame["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    for cut, stop in (
+        (end - pd.Timedelta(days=28), end),
+        (end - pd.Timedelta(days=56), end - pd.Timedelta(days=28)),
+    ):
+        a = ranking.make_split(frame, frame, customers, items, cut, stop)
+        b = ranking.make_split(frame, frame, customers, items, cut, stop, total=total)
+        assert a.counts.nnz == b.counts.nnz > 0
+        assert (a.counts != b.counts).nnz == 0 and (a.relevant != b.relevant).nnz == 0
+        assert b.counts.has_sorted_indices and b.counts.dtype == np.float32
+        np.testing.assert_array_equal(a.users, b.users)

@@ -135,7 +135,8 @@ def _fit_ranking(
     """Split, judge the baselines on the window, search (when on), fit ALS on
     the history, judge it on the window, refit on everything: ``(model, chosen
     config, search trials, metrics)``. ``counts``, when given, is the summed
-    row weights of the whole ``frame`` (built once by the caller);
+    row weights of the whole ``frame``, all purchases of weight 1 (built once
+    by the caller; the splits and the refit start from it);
     ``before_als`` is called once, before the first ALS fit."""
     chosen = cfg.als
     trials: list[dict[str, Any]] = []
@@ -150,6 +151,7 @@ def _fit_ranking(
             stop,
             max_users=cfg.max_eval_customers,
             seed=cfg.seed,
+            total=counts,
         )
 
     with _step("split off the evaluation window", timings, say):

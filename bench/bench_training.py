@@ -9,11 +9,13 @@ each one's own), on the same generated log:
   split, fit, evaluate ALS and the baselines, refit, timing models, top-N,
   write and verify the version), without search.
 
-It prints the ratio encore / reference (goal: at most 1.5) and peak memory
-(goal: under 4 GiB). Usage::
+The runs alternate (reference, encore, reference, ...): each encore run is
+set against the mean of the reference fits just before and after it. It
+prints each run's ratio encore / reference and their median (goal: at most
+1.5), and the peak memory of the encore runs (goal: under 4 GiB). Usage::
 
     python bench/bench_training.py [--interactions 5000000] [--customers 500000] [--items 50000]
-                                   [--train-args=--no-timing]
+                                   [--repeats 3] [--train-args=--no-timing]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,18 +57,32 @@ print(json.dumps({"fit_s": fit_s, "nnz": int(m.nnz), "shape": list(m.shape)}))
 """
 
 
+# Runs a command and reports its own wall time and peak RSS: ru_maxrss of
+# RUSAGE_CHILDREN is the largest of all children so far, so each command is
+# measured by a fresh Python whose only child it is.
+PROBE = (
+    "import resource, subprocess, sys, time, json; t=time.perf_counter(); "
+    "p=subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "w=time.perf_counter()-t; "
+    "print(json.dumps({'rc': p.returncode, 'wall': w, 'peak': "
+    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024, "
+    "'out': p.stdout[-6000:], 'err': p.stderr[-3000:]}))"
+)
+
+
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Wall time, peak RSS (bytes) and stdout of one subprocess."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    """Wall time, peak RSS (bytes) and stdout of one command."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *cmd], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"could not run: {' '.join(cmd)}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        sys.stderr.write(res["out"][-3000:] + res["err"])
         raise SystemExit(f"command failed: {' '.join(cmd)}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all children so far (KiB on Linux)
-    return wall, max(peak, before) * 1024, proc.stdout
+    return float(res["wall"]), int(res["peak"]), str(res["out"])
 
 
 def main() -> None:
@@ -80,7 +96,15 @@ def main() -> None:
         default="",
         help='extra `encore train` options, e.g. "--no-timing" (the ALS part alone)',
     )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="encore runs, each between two reference fits (default 3)",
+    )
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
 
     sys.path.insert(0, str(ROOT))
     from recommender.synthetic import generate_interactions
@@ -97,28 +121,18 @@ def main() -> None:
         )
         del frame
 
-        ref_wall, ref_peak, out = run([sys.executable, "-c", REFERENCE, str(data)], env)
-        ref = json.loads(out.strip().splitlines()[-1])
-        print(
-            f"reference: implicit fit {ref['fit_s']:.1f}s on {ref['shape'][0]:,} x "
-            f"{ref['shape'][1]:,}, nnz {ref['nnz']:,} (process {ref_wall:.1f}s, "
-            f"peak {ref_peak / 2**30:.2f} GiB)"
-        )
-        # The encore run must report its own peak, not the reference's: run it
-        # through a fresh Python that measures only its own child.
-        probe = (
-            "import resource, subprocess, sys, time, json; t=time.perf_counter(); "
-            "p=subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "w=time.perf_counter()-t; "
-            "print(p.stdout[-4000:], file=sys.stderr) if p.returncode else None; "
-            "print(json.dumps({'rc': p.returncode, 'wall': w, 'peak': "
-            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024, "
-            "'out': p.stdout[-6000:]}))"
-        )
+        def reference() -> float:
+            wall, peak, out = run([sys.executable, "-c", REFERENCE, str(data)], env)
+            ref = json.loads(out.strip().splitlines()[-1])
+            print(
+                f"reference: implicit fit {ref['fit_s']:.1f}s on {ref['shape'][0]:,} x "
+                f"{ref['shape'][1]:,}, nnz {ref['nnz']:,} (process {wall:.1f}s, "
+                f"peak {peak / 2**30:.2f} GiB)",
+                flush=True,
+            )
+            return float(ref["fit_s"])
+
         cmd = [
-            sys.executable,
-            "-c",
-            probe,
             sys.executable,
             "-m",
             "training",
@@ -132,34 +146,40 @@ def main() -> None:
             "--no-search",
             *args.train_args.split(),
         ]
-        _, _, out = run(cmd, env)
-        res = json.loads(out.strip().splitlines()[-1])
-        # the reference again after encore: load from others on a shared machine
-        # drifts over minutes, so the ratio uses the mean of the two reference fits
-        _, _, out2 = run([sys.executable, "-c", REFERENCE, str(data)], env)
-        ref_after = json.loads(out2.strip().splitlines()[-1])["fit_s"]
-        print(f"reference again after encore: implicit fit {ref_after:.1f}s")
-        ref_fit = (ref["fit_s"] + ref_after) / 2.0
-        if res["rc"] != 0:
-            raise SystemExit(f"encore train failed:\n{res['out']}")
-        # the steps, and the own time of the models fitted alongside ALS
-        steps = [
-            ln.strip()
-            for ln in res["out"].splitlines()
-            if ln.startswith("[done]") or "alongside the steps above" in ln
-        ]
-        print("encore train steps:\n  " + "\n  ".join(steps))
-        ratio = res["wall"] / ref_fit
         extra = f", {args.train_args}" if args.train_args else ""
+
+        # Load from others on a shared machine drifts over minutes (the same
+        # fit has taken a third longer a few minutes later), so the runs
+        # alternate, reference first and last, and each encore run is set
+        # against the mean of the reference fits just before and after it.
+        ratios, peaks = [], []
+        before = reference()
+        for i in range(args.repeats):
+            wall, peak, out = run(cmd, env)
+            # the steps, and the own time of the models fitted alongside ALS
+            steps = [
+                ln.strip()
+                for ln in out.splitlines()
+                if ln.startswith("[done]") or "alongside the steps above" in ln
+            ]
+            print(f"encore train run {i + 1} steps:\n  " + "\n  ".join(steps))
+            after = reference()
+            ratio = wall / ((before + after) / 2.0)
+            ratios.append(ratio)
+            peaks.append(peak)
+            print(
+                f"encore train run {i + 1} (whole run, no search{extra}): {wall:.1f}s, "
+                f"peak {peak / 2**30:.2f} GiB; ratio to the mean of the reference "
+                f"fits before and after ({before:.1f}s, {after:.1f}s) = {ratio:.2f}",
+                flush=True,
+            )
+            before = after
+        listed = ", ".join(f"{r:.2f}" for r in ratios)
         print(
-            f"encore train (whole run, no search{extra}): {res['wall']:.1f}s, "
-            f"peak {res['peak'] / 2**30:.2f} GiB"
+            f"RATIO encore_train / bare_implicit_fit = {statistics.median(ratios):.2f} "
+            f"(median of {len(ratios)}: {listed})  (goal <= 1.5)"
         )
-        print(
-            f"RATIO encore_train / bare_implicit_fit (mean of {ref['fit_s']:.1f}s and "
-            f"{ref_after:.1f}s) = {ratio:.2f}  (goal <= 1.5)"
-        )
-        print(f"PEAK MEMORY encore_train = {res['peak'] / 2**30:.2f} GiB  (goal < 4)")
+        print(f"PEAK MEMORY encore_train = {max(peaks) / 2**30:.2f} GiB  (goal < 4)")
 
 
 if __name__ == "__main__":

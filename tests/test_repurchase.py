@@ -270,3 +270,43 @@ def test_gap_survival_is_the_upper_tail_of_the_predictive_gap():
         mc = float(np.mean(gaps > days))
         survival = _gap_survival(*(np.array([v]) for v in (2.0, 3.0, 40.0, days)))[0]
         assert abs(survival - mc) < 0.005
+
+
+def test_shape_fits_solve_each_group_like_a_root_finder():
+    """The vectorised per-item shape MLE against brentq on every group, with
+    groups whose root lies below, inside and above the bounds, and a group
+    of customers with Gamma(4) gaps whose shape it recovers."""
+    from scipy.optimize import brentq
+    from scipy.special import digamma
+
+    from recommender.repurchase import _K_BOUNDS, _fit_shapes
+
+    rng = np.random.default_rng(0)
+    n_groups = 40
+    sizes = rng.integers(1, 60, n_groups)
+    group = np.repeat(np.arange(n_groups), sizes)
+    m = rng.integers(2, 12, group.size)
+    # the statistic of Gamma(k) gaps for a spread of true k, plus extremes
+    true_k = np.exp(rng.uniform(np.log(0.2), np.log(60.0), n_groups))
+    stat = np.zeros(group.size)
+    for j in range(group.size):
+        gaps = rng.gamma(true_k[group[j]], 1.0, m[j])
+        stat[j] = m[j] * (np.log(gaps.mean()) - np.log(gaps).mean())
+    stat_sum = np.bincount(group, weights=stat, minlength=n_groups)
+    stat_sum[0], stat_sum[1] = 0.0, 1e6  # root above and below the bounds
+    got = _fit_shapes(stat_sum, group, m)
+
+    for j in range(n_groups):
+        mj = m[group == j].astype(float)
+
+        def f(k, mj=mj, j=j):
+            return float(np.sum(mj * (digamma(mj * k) - np.log(mj) - digamma(k)))) - stat_sum[j]
+
+        lo, hi = _K_BOUNDS
+        want = lo if f(lo) <= 0 else hi if f(hi) >= 0 else brentq(f, lo, hi, xtol=1e-12)
+        assert got[j] == pytest.approx(want, rel=1e-8), j
+    assert got[0] == _K_BOUNDS[1] and got[1] == _K_BOUNDS[0]
+    big = rng.gamma(4.0, 1.0, (4000, 6))
+    stat_big = 6 * (np.log(big.mean(axis=1)) - np.log(big).mean(axis=1))
+    k4 = _fit_shapes(np.array([stat_big.sum()]), np.zeros(4000, dtype=np.int64), np.full(4000, 6))
+    assert k4[0] == pytest.approx(4.0, rel=0.05)

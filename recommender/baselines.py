@@ -8,7 +8,6 @@ beat in shops where most orders are rebuys.
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -134,20 +133,24 @@ class ItemKNNRecommender(Recommender):
         self._similarity_t: sp.csr_matrix | None = None
 
     def fit(self, user_items: sp.csr_matrix) -> ItemKNNRecommender:
-        from implicit.nearest_neighbours import CosineRecommender
+        from implicit.nearest_neighbours import all_pairs_knn
 
         x = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
         # an item whose only entries are stored zeros would get NaN similarities
         # (0 / 0 in the cosine normalisation)
         x.eliminate_zeros()
         x.data = np.log1p(x.data)
-        model = CosineRecommender(K=self.k, num_threads=0)
-        with warnings.catch_warnings():
-            # implicit normalises to COO internally, then warns about its own conversion
-            warnings.filterwarnings("ignore", message="Method expects CSR input")
-            model.fit(x, show_progress=False)
-        sim = sp.csr_matrix(model.similarity, dtype=np.float32)
-        sim.setdiag(0.0)  # an item is not its own neighbour
+        # Cosine similarity is the dot product of unit-length item columns:
+        # the normalisation of implicit's CosineRecommender (same arithmetic),
+        # without its round trips through COO (0.3 s on 4.7M entries).
+        norm = np.sqrt(np.bincount(x.indices, weights=x.data**2, minlength=x.shape[1]))
+        unit = sp.csr_matrix((x.data / norm[x.indices], x.indices, x.indptr), shape=x.shape)
+        knn = all_pairs_knn(unit, self.k, show_progress=False, num_threads=0)  # COO
+        other = knn.row != knn.col  # an item is not its own neighbour
+        sim = sp.csr_matrix(
+            (knn.data[other].astype(np.float32), (knn.row[other], knn.col[other])),
+            shape=knn.shape,
+        )
         sim.eliminate_zeros()
         self.similarity_ = sim
         # scores are history @ S^T; a CSC right operand would be converted to

@@ -15,7 +15,7 @@ prints each run's ratio encore / reference and their median (goal: at most
 1.5), and the peak memory of the encore runs (goal: under 4 GiB). Usage::
 
     python bench/bench_training.py [--interactions 5000000] [--customers 500000] [--items 50000]
-                                   [--repeats 3] [--train-args=--no-timing]
+                                   [--repeats 5] [--train-args=--no-timing]
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def main() -> None:
     ap.add_argument(
         "--repeats",
         type=int,
-        default=3,
-        help="encore runs, each between two reference fits (default 3)",
+        default=5,
+        help="encore runs, each between two reference fits (default 5)",
     )
     args = ap.parse_args()
     if args.repeats < 1:

@@ -142,7 +142,7 @@ class ItemKNNRecommender(Recommender):
         x.data = np.log1p(x.data)
         # Cosine similarity is the dot product of unit-length item columns:
         # the normalisation of implicit's CosineRecommender (same arithmetic),
-        # without its round trips through COO (0.3 s on 4.7M entries).
+        # without its round trips through COO.
         norm = np.sqrt(np.bincount(x.indices, weights=x.data**2, minlength=x.shape[1]))
         unit = sp.csr_matrix((x.data / norm[x.indices], x.indices, x.indptr), shape=x.shape)
         knn = all_pairs_knn(unit, self.k, show_progress=False, num_threads=0)  # COO

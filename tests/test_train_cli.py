@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,21 @@ def test_subprocess_strict_names_row_and_column(tmp_path):
     )
     assert p.returncode == 2
     assert "row 3 (line 4), column 'customer_id'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_subprocess_train_publishes_and_prints_everything(shop, tmp_path):
+    """Run as a command, which ends with os._exit instead of the interpreter's
+    teardown, training still prints its whole summary into a pipe, exits 0
+    and leaves the version published."""
+    _, paths = shop
+    models = tmp_path / "m"
+    p = run_cli(
+        "train", "--transactions", str(paths["transactions"]), "--models-dir", str(models)
+    )
+    assert p.returncode == 0, p.stderr
+    # the summary ends with the published version and the run time (the
+    # line may wrap where the path is long)
+    tail = " ".join(p.stdout.split()[-12:])
+    version = current_version(models)
+    assert version is not None and "published as current" in tail and version in tail
+    assert re.search(r"\(\d+\.\ds\)$", p.stdout.rstrip()), p.stdout[-300:]

@@ -197,9 +197,7 @@ def test_subprocess_train_publishes_and_prints_everything(shop, tmp_path):
     and leaves the version published."""
     _, paths = shop
     models = tmp_path / "m"
-    p = run_cli(
-        "train", "--transactions", str(paths["transactions"]), "--models-dir", str(models)
-    )
+    p = run_cli("train", "--transactions", str(paths["transactions"]), "--models-dir", str(models))
     assert p.returncode == 0, p.stderr
     # the summary ends with the published version and the run time (the
     # line may wrap where the path is long)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -164,13 +165,23 @@ def main() -> None:
             ]
             print(f"encore train run {i + 1} steps:\n  " + "\n  ".join(steps))
             after = reference()
-            ratio = wall / ((before + after) / 2.0)
+            ref_mean = (before + after) / 2.0
+            ratio = wall / ref_mean
             ratios.append(ratio)
             peaks.append(peak)
+            # the two ALS steps (history fit, refit) against everything else
+            als = sum(
+                float(m.group(1))
+                for m in re.finditer(
+                    r"\[done\] (?:fit ALS on the history|refit ALS)[^\n]* in ([\d.]+)s", out
+                )
+            )
             print(
                 f"encore train run {i + 1} (whole run, no search{extra}): {wall:.1f}s, "
                 f"peak {peak / 2**30:.2f} GiB; ratio to the mean of the reference "
-                f"fits before and after ({before:.1f}s, {after:.1f}s) = {ratio:.2f}",
+                f"fits before and after ({before:.1f}s, {after:.1f}s) = {ratio:.2f}; "
+                f"its two ALS steps {als:.1f}s ({als / ref_mean:.2f} of that mean), "
+                f"everything else {wall - als:.1f}s",
                 flush=True,
             )
             before = after

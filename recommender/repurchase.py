@@ -30,6 +30,7 @@ the value pooled over all items when an item has too few such customers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,37 @@ def _gap_survival(k: np.ndarray, a: np.ndarray, b: np.ndarray, e: np.ndarray) ->
     return on_distinct_rows(betainc, a, k, b / (e + b))
 
 
+def _bracketed_newton(
+    value_and_slope: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    tol: float,
+    *,
+    relative: bool = False,
+) -> np.ndarray:
+    """Roots of many decreasing functions at once (one per entry of ``x``).
+
+    Newton steps, kept inside the bracket ``[lo, hi]`` that each value's sign
+    narrows (bisection where a step would leave it), until no entry moves by
+    ``tol`` or more (relative to it when ``relative``); at most 100 steps. An
+    entry with ``lo == hi == x`` stays where it is.
+    """
+    for _ in range(100):
+        val, slope = value_and_slope(x)
+        # decreasing: a positive value puts the root above x
+        lo, hi = np.where(val > 0, x, lo), np.where(val > 0, hi, x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = x - val / slope
+        step = np.where((step > lo) & (step < hi), step, 0.5 * (lo + hi))
+        move = np.abs(step - x)
+        done = np.max(move / x if relative else move) < tol
+        x = step
+        if done:
+            break
+    return x
+
+
 def _fit_shapes(stat_sum: np.ndarray, group: np.ndarray, m: np.ndarray) -> np.ndarray:
     """MLE of the Gamma shape per group, each member's rate profiled out.
 
@@ -78,7 +110,7 @@ def _fit_shapes(stat_sum: np.ndarray, group: np.ndarray, m: np.ndarray) -> np.nd
     of ``m (log mean - mean log)`` of their gaps (the left side is its
     expectation, decreasing in ``k``); clipped to ``_K_BOUNDS``.
 
-    All groups take safeguarded Newton steps at once, on the distinct
+    All groups take :func:`_bracketed_newton` steps at once, on the distinct
     ``(group, m)`` rows (gap counts are small integers): a few vectorised
     passes instead of a root finder per item.
     """
@@ -96,26 +128,17 @@ def _fit_shapes(stat_sum: np.ndarray, group: np.ndarray, m: np.ndarray) -> np.nd
         kk = k[g]
         return np.bincount(g, weights=w * (digamma(mm * kk) - log_m - digamma(kk)), minlength=n)
 
+    def value_and_slope(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kk = k[g]
+        slope = w * (mm * polygamma(1, mm * kk) - polygamma(1, kk))
+        return f(k) - stat_sum, np.bincount(g, weights=slope, minlength=n)
+
     out = np.where(f(lo) <= stat_sum, lo, np.where(f(hi) >= stat_sum, hi, np.nan))
     todo = np.isnan(out)
+    # a group whose root lies beyond a bound stays at that bound
     k = np.where(todo, np.sqrt(lo * hi), out)
-    for _ in range(100):
-        val = f(k) - stat_sum
-        kk = k[g]
-        slope = np.bincount(
-            g, weights=w * (mm * polygamma(1, mm * kk) - polygamma(1, kk)), minlength=n
-        )
-        # decreasing in k: a positive value puts the root above k
-        lo, hi = np.where(val > 0, k, lo), np.where(val > 0, hi, k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = k - val / slope
-        step = np.where((step > lo) & (step < hi), step, 0.5 * (lo + hi))
-        step = np.where(todo, step, k)
-        done = np.max(np.abs(step - k) / k) < 1e-12
-        k = step
-        if done:
-            break
-    return k
+    lo, hi = np.where(todo, lo, out), np.where(todo, hi, out)
+    return _bracketed_newton(value_and_slope, k, lo, hi, 1e-12, relative=True)
 
 
 def _distinct_sorted(
@@ -469,13 +492,10 @@ class RepurchaseModel:
         m = (self.pair_n_[pairs] - 1).astype(np.float64)
 
         def solve(idx: np.ndarray, n: int, a0: np.ndarray, b0: np.ndarray) -> np.ndarray:
-            # The log-posterior is concave in pi: Newton steps on its derivative,
-            # kept inside the bracket that the derivative's sign narrows
-            # (bisection where a step would leave it).
-            lo, hi = np.zeros(n), np.full(n, 1.0 - 1e-9)
+            # The log-posterior is concave in pi: the root of its derivative.
             reps = np.bincount(idx, weights=m, minlength=n)
-            pi = np.full(n, 0.5)
-            for _ in range(100):
+
+            def derivatives(pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 p = pi[idx]
                 ratio = (1.0 - surv) / ((1.0 - p) * surv + p)
                 d = (
@@ -488,14 +508,10 @@ class RepurchaseModel:
                     - a0 / pi**2
                     - (reps + b0) / (1.0 - pi) ** 2
                 )
-                lo, hi = np.where(d > 0, pi, lo), np.where(d > 0, hi, pi)
-                step = pi - d / dd
-                step = np.where((step > lo) & (step < hi), step, 0.5 * (lo + hi))
-                done = np.max(np.abs(step - pi)) < 1e-10
-                pi = step
-                if done:
-                    break
-            return pi
+                return d, dd
+
+            lo, hi = np.zeros(n), np.full(n, 1.0 - 1e-9)
+            return _bracketed_newton(derivatives, np.full(n, 0.5), lo, hi, 1e-10)
 
         tiny = np.full(1, 1e-6)
         pooled = float(solve(np.zeros(item.size, dtype=np.int64), 1, tiny, tiny)[0])

@@ -118,8 +118,9 @@ def _fit_shapes(stat_sum: np.ndarray, group: np.ndarray, m: np.ndarray) -> np.nd
     lo, hi = np.full(n, _K_BOUNDS[0]), np.full(n, _K_BOUNDS[1])
     if group.size == 0:
         return np.where(stat_sum >= 0, lo, hi)
-    key, count = np.unique(group.astype(np.int64) * (int(m.max()) + 1) + m, return_counts=True)
-    g, mm = np.divmod(key, int(m.max()) + 1)
+    span = int(m.max()) + 1
+    key, count = np.unique(group.astype(np.int64) * span + m, return_counts=True)
+    g, mm = np.divmod(key, span)
     mm = mm.astype(np.float64)
     w = count * mm
     log_m = np.log(mm)

@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from recommender.als import ALSRecommender  # noqa: E402
-from recommender.bundle import Bundle, Catalog  # noqa: E402
-from recommender.data import IdIndex  # noqa: E402
+from recommender.data.ids import IdIndex  # noqa: E402
+from recommender.ranking.als import ALSRecommender  # noqa: E402
+from recommender.store.bundle import Bundle, Catalog  # noqa: E402
 from training.export import export_recommendations  # noqa: E402
 
 

@@ -33,9 +33,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from recommender.als import ALSRecommender  # noqa: E402
-from recommender.data import IdIndex, load_transactions  # noqa: E402
-from recommender.synthetic import generate_shop, write_shop  # noqa: E402
+from recommender.data.ids import IdIndex  # noqa: E402
+from recommender.data.synthetic import generate_shop, write_shop  # noqa: E402
+from recommender.data.transactions import load_transactions  # noqa: E402
+from recommender.ranking.als import ALSRecommender  # noqa: E402
 from training import ranking  # noqa: E402
 from training.config import SearchConfig, TrainConfig  # noqa: E402
 from training.pipeline import train  # noqa: E402

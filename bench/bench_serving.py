@@ -62,12 +62,12 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from recommender.als import ALSRecommender  # noqa: E402
-from recommender.artifacts import publish  # noqa: E402
-from recommender.base import top_k  # noqa: E402
-from recommender.bundle import Catalog, load_bundle, save_bundle  # noqa: E402
-from recommender.data import IdIndex  # noqa: E402
-from recommender.synthetic import generate_interactions  # noqa: E402
+from recommender.data.ids import IdIndex  # noqa: E402
+from recommender.data.synthetic import generate_interactions  # noqa: E402
+from recommender.ranking.als import ALSRecommender  # noqa: E402
+from recommender.ranking.base import top_k  # noqa: E402
+from recommender.store.artifacts import publish  # noqa: E402
+from recommender.store.bundle import Catalog, load_bundle, save_bundle  # noqa: E402
 
 LOADGEN = r"""
 import asyncio, json, random, resource, sys, time
@@ -175,7 +175,7 @@ def build_shop(args: argparse.Namespace, models: Path) -> dict:
     repurchase = None
     t0 = time.perf_counter()
     try:
-        from recommender.repurchase import RepurchaseModel
+        from recommender.timing.repurchase import RepurchaseModel
 
         repurchase = RepurchaseModel().fit(cust, item, day, as_of_day, n_c, n_i)
         n_rep = int(repurchase.is_repurchase_item_.sum())

@@ -38,8 +38,8 @@ import json, sys, time
 import numpy as np, pandas as pd
 from threadpoolctl import threadpool_limits
 from implicit.als import AlternatingLeastSquares
-from recommender.data import IdIndex
-from recommender.interactions import apply_weighting, build_matrix
+from recommender.data.ids import IdIndex
+from recommender.data.interactions import apply_weighting, build_matrix
 from training.config import ALSConfig
 path = sys.argv[1]
 cfg = ALSConfig()
@@ -108,7 +108,7 @@ def main() -> None:
         ap.error("--repeats must be at least 1")
 
     sys.path.insert(0, str(ROOT))
-    from recommender.synthetic import generate_interactions
+    from recommender.data.synthetic import generate_interactions
 
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory(prefix="encore-bench-") as tmp:

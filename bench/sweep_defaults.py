@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from recommender.data import IdIndex, load_transactions  # noqa: E402
-from recommender.synthetic import generate_shop, write_shop  # noqa: E402
+from recommender.data.ids import IdIndex  # noqa: E402
+from recommender.data.synthetic import generate_shop, write_shop  # noqa: E402
+from recommender.data.transactions import load_transactions  # noqa: E402
 from training import ranking  # noqa: E402
 from training.config import ALSConfig, TrainConfig  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Nothing in this package knows about HTTP or the command line; ``training`` and
 ``serving`` both build on it, and the bundle format in
-:mod:`recommender.bundle` is the only contract between them.
+:mod:`recommender.store.bundle` is the only contract between them.
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """Encore's serving app: loads published bundles and answers queries over HTTP.
 
 Never imports ``training``; reads only the bundle format of
-:mod:`recommender.bundle`.
+:mod:`recommender.store.bundle`.
 """

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recommender.base import top_k
-from recommender.bundle import Bundle
+from recommender.ranking.base import top_k
+from recommender.store.bundle import Bundle
 
 #: Catalogues with at least this many items are ranked by the pruned exact search
 #: of :meth:`Engine._best_items`; below it scoring every item costs a quarter of a

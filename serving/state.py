@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recommender.artifacts import current_version
-from recommender.bundle import load_bundle
+from recommender.store.artifacts import current_version
+from recommender.store.bundle import load_bundle
 from serving.engine import Engine
 from serving.settings import ServingSettings
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recommender.als import ALSRecommender
-from recommender.artifacts import (
+from recommender.data.ids import IdIndex
+from recommender.ranking.als import ALSRecommender
+from recommender.store.artifacts import (
     CURRENT_POINTER,
     MANIFEST,
     SCHEMA_VERSION,
@@ -30,8 +31,7 @@ from recommender.artifacts import (
     remove_stale_temporaries,
     sha256_file,
 )
-from recommender.bundle import Catalog, load_bundle, load_bundle_dir, save_bundle
-from recommender.data import IdIndex
+from recommender.store.bundle import Catalog, load_bundle, load_bundle_dir, save_bundle
 
 N_C, N_I = 60, 25
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recommender.artifacts import current_version, list_versions
-from recommender.bundle import load_bundle
+from recommender.store.artifacts import current_version, list_versions
+from recommender.store.bundle import load_bundle
 from training import ranking
 from training.cli import main
 from training.export import export_recommendations

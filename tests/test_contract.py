@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recommender.data import (
+from recommender.data.ids import IdIndex
+from recommender.data.transactions import (
     DROP_REASONS,
     DataError,
-    IdIndex,
     load_catalog,
     load_transactions,
     parse_column_map,

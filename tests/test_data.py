@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recommender.data import (
+from recommender.data.ids import IdIndex
+from recommender.data.transactions import (
     DROP_REASONS,
     DataError,
-    IdIndex,
     as_of_cutoff,
     load_catalog,
     load_transactions,
@@ -626,7 +626,7 @@ def test_ids_equal_once_stripped_are_one_customer(tmp_path):
 )
 def test_time_order_is_a_stable_sort(steps, unit):
     """Whole seconds, nanoseconds and spans too wide for the one-key sort."""
-    from recommender.data import _time_order
+    from recommender.data.transactions import _time_order
 
     ns = 1_700_000_000 * 10**9 + np.asarray(steps, dtype=np.int64) * unit
     order = np.arange(ns.size)[_time_order(ns)]

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recommender.bundle import load_bundle
+from recommender.store.bundle import load_bundle
 from serving.engine import Engine, Filters
 from tests.test_serving import train_small_shop
 

@@ -28,7 +28,7 @@ from schemathesis.checks import (
 )
 from threadpoolctl import threadpool_limits
 
-from recommender.bundle import load_bundle
+from recommender.store.bundle import load_bundle
 from serving.app import create_app
 from serving.schemas import ID_PATTERN
 from serving.settings import ServingSettings

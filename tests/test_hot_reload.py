@@ -22,8 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from recommender.artifacts import CURRENT_POINTER, publish, sha256_file
-from recommender.bundle import load_bundle
+from recommender.store.artifacts import CURRENT_POINTER, publish, sha256_file
+from recommender.store.bundle import load_bundle
 from serving.app import create_app
 from serving.settings import ServingSettings
 from tests.test_serving import TrainedShop, train_small_shop

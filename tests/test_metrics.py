@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recommender.metrics import (
+from recommender.ranking.metrics import (
     average_precision_at_k,
     catalog_coverage,
     evaluate_rankings,

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 import training.pipeline as pipeline
-from recommender.artifacts import (
+from recommender.data.transactions import DataError, load_transactions
+from recommender.store.artifacts import (
     MANIFEST,
     CorruptArtifactError,
     VersionWriter,
@@ -20,8 +21,7 @@ from recommender.artifacts import (
     list_versions,
     sha256_file,
 )
-from recommender.bundle import load_bundle
-from recommender.data import DataError, load_transactions
+from recommender.store.bundle import load_bundle
 from training import ranking
 from training.config import ALSConfig, SearchConfig, TrainConfig
 from training.pipeline import TrainingError, train
@@ -435,7 +435,7 @@ def test_split_is_the_same_for_a_log_in_time_order_and_shuffled(shop):
     """A log in time order (as loaded) is split by slicing; any other order by
     filtering. Both give the same history, window and evaluated customers,
     with rows stamped exactly at the cut on the window's side."""
-    from recommender.data import IdIndex
+    from recommender.data.ids import IdIndex
 
     frame = shop.sort_values("timestamp", kind="stable").reset_index(drop=True)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.floor("D")  # ties at the cut
@@ -458,8 +458,8 @@ def test_split_from_the_whole_log_counts_is_the_same(shop):
     """A log of orders alone passes its whole count matrix: the history is
     that minus the window when the window reaches the end of the log, and is
     built from the rows when it does not (the search's validation window)."""
-    from recommender.data import IdIndex
-    from recommender.interactions import build_matrix
+    from recommender.data.ids import IdIndex
+    from recommender.data.interactions import build_matrix
 
     frame = shop.sort_values("timestamp", kind="stable").reset_index(drop=True)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"])

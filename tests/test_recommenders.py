@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from recommender.als import ALSRecommender, FactorError
-from recommender.base import NotFittedError, mask_seen, top_k, top_k_sparse
-from recommender.baselines import (
+from recommender.data.interactions import apply_weighting
+from recommender.ranking.als import ALSRecommender, FactorError
+from recommender.ranking.base import NotFittedError, mask_seen, top_k, top_k_sparse
+from recommender.ranking.baselines import (
     ItemKNNRecommender,
     PersonalFrequencyRecommender,
     PopularityRecommender,
 )
-from recommender.interactions import apply_weighting
-from recommender.metrics import evaluate_recommender
+from recommender.ranking.metrics import evaluate_recommender
 
 
 def checkerboard(n_users=400, n_items=120, groups=4, seed=0, per_user=12):

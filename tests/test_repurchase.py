@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 from scipy.special import betaincc
 
-from recommender.repurchase import (
-    NotFittedError,
-    RepurchaseModel,
-    RepurchaseStateError,
-)
-from recommender.timing import on_distinct_rows
+from recommender.timing.models import on_distinct_rows
+from recommender.timing.repurchase import NotFittedError, RepurchaseModel, RepurchaseStateError
 
 AS_OF = 365.0
 WINDOW = 7.0
@@ -253,7 +249,7 @@ def test_betaincc_on_distinct_rows_equals_betaincc_everywhere():
 def test_gap_survival_is_the_upper_tail_of_the_predictive_gap():
     """``_gap_survival`` (betainc of the other tail) against the textbook form
     ``betaincc(k, a, e / (e + b))`` and a Monte Carlo of the beta-prime gap."""
-    from recommender.repurchase import _gap_survival
+    from recommender.timing.repurchase import _gap_survival
 
     rng = np.random.default_rng(0)
     k = rng.uniform(0.5, 30.0, 5000)
@@ -279,7 +275,7 @@ def test_shape_fits_solve_each_group_like_a_root_finder():
     from scipy.optimize import brentq
     from scipy.special import digamma
 
-    from recommender.repurchase import _K_BOUNDS, _fit_shapes
+    from recommender.timing.repurchase import _K_BOUNDS, _fit_shapes
 
     rng = np.random.default_rng(0)
     n_groups = 40

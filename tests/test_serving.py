@@ -25,9 +25,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from recommender.artifacts import current_version, publish
-from recommender.bundle import Bundle, load_bundle
-from recommender.synthetic import SyntheticShop, generate_shop, write_shop
+from recommender.data.synthetic import SyntheticShop, generate_shop, write_shop
+from recommender.store.artifacts import current_version, publish
+from recommender.store.bundle import Bundle, load_bundle
 from serving.app import create_app
 from serving.settings import ServingSettings
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recommender.als import ALSRecommender
-from recommender.artifacts import (
+from recommender.data.ids import IdIndex
+from recommender.ranking.als import ALSRecommender
+from recommender.store.artifacts import (
     CorruptArtifactError,
     IncompatibleArtifactError,
     NoModelError,
@@ -18,8 +19,7 @@ from recommender.artifacts import (
     publish,
     sha256_file,
 )
-from recommender.bundle import Catalog, load_bundle, save_bundle
-from recommender.data import IdIndex
+from recommender.store.bundle import Catalog, load_bundle, save_bundle
 
 
 def small_bundle(models_dir, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recommender.synthetic import generate_interactions, generate_shop, write_shop
+from recommender.data.synthetic import generate_interactions, generate_shop, write_shop
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, optimize
 
-from recommender.timing import (
+from recommender.timing.models import (
     BGNBD,
     MBGNBD,
     NotFittedError,
@@ -385,7 +385,7 @@ def test_hyp2f1_one_near_one():
     (slow) series everywhere within scipy's own error of about 1e-9."""
     from scipy.special import hyp2f1
 
-    from recommender.timing import _hyp2f1_one
+    from recommender.timing.models import _hyp2f1_one
 
     b, c, w, ref = (np.array(col) for col in zip(*_HYP2F1_ONE_REFERENCE, strict=True))
     np.testing.assert_allclose(_hyp2f1_one(b, c, 1.0 - w, w), ref, rtol=1e-12)
@@ -456,7 +456,7 @@ def test_curve_and_median_consistent(cls, cdnow):
 
 @pytest.fixture(scope="module")
 def wrapper():
-    from recommender.timing import PurchaseTimingModel
+    from recommender.timing.models import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
     return PurchaseTimingModel(holdout_days=91.0).fit(codes, days, CAL_END, n)
@@ -522,7 +522,7 @@ def test_wrapper_rows_curve_and_later_as_of(wrapper):
 def test_wrapper_state_round_trip(wrapper, tmp_path):
     import json
 
-    from recommender.timing import PurchaseTimingModel, TimingStateError
+    from recommender.timing.models import PurchaseTimingModel, TimingStateError
 
     meta, arrays = wrapper.to_state()
     (tmp_path / "meta.json").write_text(json.dumps(meta))
@@ -550,7 +550,7 @@ def test_wrapper_state_round_trip(wrapper, tmp_path):
 
 
 def test_wrapper_without_holdout_and_failures():
-    from recommender.timing import PurchaseTimingModel
+    from recommender.timing.models import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
     with pytest.raises(NotFittedError):
@@ -573,8 +573,8 @@ def test_wrapper_without_holdout_and_failures():
 def test_candidates_fitted_side_by_side_match_one_at_a_time(monkeypatch):
     """The candidates run in threads: each gets the figures it gets alone, in
     the order of ``candidates``, and one that fails is recorded, not fatal."""
-    from recommender import timing
-    from recommender.timing import PurchaseTimingModel
+    from recommender.timing import models as timing
+    from recommender.timing.models import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
 
@@ -597,8 +597,8 @@ def test_a_tie_on_the_holdout_goes_to_the_earliest_candidate(monkeypatch):
     """Scores within the tolerance are a tie, and the order of preference, not
     the difference, decides; without a tolerance the lower score wins in
     either order."""
-    from recommender import timing
-    from recommender.timing import PurchaseTimingModel
+    from recommender.timing import models as timing
+    from recommender.timing.models import PurchaseTimingModel
 
     class Nudged(timing.BGNBD):
         """BG/NBD a hair off its optimum: a near-identical holdout score."""
@@ -626,8 +626,8 @@ def test_a_tie_on_the_holdout_goes_to_the_earliest_candidate(monkeypatch):
 def test_a_pilot_fit_reaches_the_same_optimum(monkeypatch, cdnow):
     """Started from a fit on a sample, each candidate ends where a cold start
     does (the pilot only shortens the way)."""
-    from recommender import timing
-    from recommender.timing import PurchaseTimingModel
+    from recommender.timing import models as timing
+    from recommender.timing.models import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
     sizes: list[int] = []

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recommender.timing import BGNBD, ParetoNBD, summarize_purchases
-from recommender.timing_metrics import (
+from recommender.timing.metrics import (
     auc_score,
     calibration_png,
     calibration_table,
@@ -19,6 +18,7 @@ from recommender.timing_metrics import (
     naive_baselines,
     probability_metrics,
 )
+from recommender.timing.models import BGNBD, ParetoNBD, summarize_purchases
 from tests.test_timing import CAL_END, HOLDOUT_END, load_cdnow
 
 

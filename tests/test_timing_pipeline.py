@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from recommender.bundle import load_bundle
+from recommender.store.bundle import load_bundle
 from training.config import TrainConfig
 from training.export import export_next_purchase
 from training.pipeline import train
@@ -150,8 +150,8 @@ def test_top_from_sparse_ranks_each_row_by_value_then_stored_order(seed):
 def test_buy_again_is_judged_on_a_sample_of_customers():
     """The judged copy of the buy-again model is refitted on at most
     ``max_buy_again_eval_fit_customers`` customers, and only they are judged."""
-    from recommender.data import IdIndex
-    from recommender.synthetic import generate_shop
+    from recommender.data.ids import IdIndex
+    from recommender.data.synthetic import generate_shop
     from training.timing_step import fit_timing_models
 
     frame = generate_shop("demo", seed=0).transactions.copy()

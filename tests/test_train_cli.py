@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recommender.artifacts import current_version, list_versions
-from recommender.synthetic import generate_shop, write_shop
+from recommender.data.synthetic import generate_shop, write_shop
+from recommender.store.artifacts import current_version, list_versions
 from training import ranking
 from training.cli import main
 

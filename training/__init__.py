@@ -1,5 +1,5 @@
 """Encore's training pipeline: from a transaction log to a published model version.
 
 Never imports the serving app or FastAPI; it writes the bundle format defined in
-:mod:`recommender.bundle`, which is all the serving app reads.
+:mod:`recommender.store.bundle`, which is all the serving app reads.
 """

@@ -19,8 +19,12 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from recommender.artifacts import ArtifactError  # noqa: E402
-from recommender.data import DataError, parse_column_map, parse_event_weights  # noqa: E402
+from recommender.data.transactions import (
+    DataError,
+    parse_column_map,
+    parse_event_weights,
+)  # noqa: E402
+from recommender.store.artifacts import ArtifactError  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -193,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from recommender.bundle import load_bundle
+    from recommender.store.bundle import load_bundle
     from training.export import export_recommendations, read_customer_list
 
     bundle = load_bundle(args.models_dir)
@@ -211,7 +215,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_next_purchase(args: argparse.Namespace) -> int:
-    from recommender.bundle import load_bundle
+    from recommender.store.bundle import load_bundle
     from training.export import export_next_purchase, read_customer_list
 
     bundle = load_bundle(args.models_dir)
@@ -225,7 +229,7 @@ def cmd_next_purchase(args: argparse.Namespace) -> int:
 
 
 def _write_demo(directory: Path, preset: str, seed: int) -> dict[str, Path]:
-    from recommender.synthetic import generate_shop, write_shop
+    from recommender.data.synthetic import generate_shop, write_shop
 
     shop = generate_shop(preset, seed=seed)
     return write_shop(shop, directory)

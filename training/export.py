@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recommender.base import top_k
-from recommender.bundle import Bundle
-from recommender.data import DataError, read_table
+from recommender.data.transactions import DataError, read_table
+from recommender.ranking.base import top_k
+from recommender.store.bundle import Bundle
 from training.ranking import ranking_workers
 
 

@@ -30,24 +30,24 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.als import ALSRecommender
-from recommender.artifacts import publish, remove_stale_temporaries
-from recommender.bundle import Catalog, load_bundle_dir, save_bundle
-from recommender.data import (
+from recommender.data.ids import IdIndex
+from recommender.data.interactions import build_matrix
+from recommender.data.transactions import (
     PURCHASE_EVENTS,
-    IdIndex,
     as_of_cutoff,
     load_catalog,
     load_transactions,
 )
-from recommender.interactions import build_matrix
+from recommender.ranking.als import ALSRecommender
+from recommender.store.artifacts import publish, remove_stale_temporaries
+from recommender.store.bundle import Catalog, load_bundle_dir, save_bundle
 from training import ranking
 from training.config import ALSConfig, TrainConfig
 from training.search import search as run_search
 
 if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
-    from recommender.repurchase import RepurchaseModel
-    from recommender.timing import PurchaseTimingModel
+    from recommender.timing.models import PurchaseTimingModel
+    from recommender.timing.repurchase import RepurchaseModel
 
 log = logging.getLogger("encore.train")
 

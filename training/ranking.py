@@ -11,16 +11,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.als import ALSRecommender
-from recommender.base import Recommender, seeded_subset
-from recommender.baselines import (
+from recommender.data.ids import IdIndex
+from recommender.data.interactions import apply_weighting, build_matrix, rows_in_time_range
+from recommender.data.sampling import seeded_subset
+from recommender.ranking.als import ALSRecommender
+from recommender.ranking.base import Recommender
+from recommender.ranking.baselines import (
     ItemKNNRecommender,
     PersonalFrequencyRecommender,
     PopularityRecommender,
 )
-from recommender.data import IdIndex
-from recommender.interactions import apply_weighting, build_matrix, rows_in_time_range
-from recommender.metrics import evaluate_recommender
+from recommender.ranking.metrics import evaluate_recommender
 from training.config import ALSConfig
 
 K_NDCG, K_RECALL, K_MAP = 10, 20, 10

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recommender.data import IdIndex
+from recommender.data.ids import IdIndex
 from training.config import ALSConfig, SearchConfig
 from training.ranking import K_NDCG, Split, evaluate, fit_als, weighted_matrix
 

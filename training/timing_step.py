@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.base import seeded_mask, seeded_subset
-from recommender.data import IdIndex
-from recommender.metrics import ndcg_at_k, recall_at_k
-from recommender.repurchase import RepurchaseModel
-from recommender.timing import PurchaseTimingModel
-from recommender.timing_metrics import (
+from recommender.data.ids import IdIndex
+from recommender.data.sampling import seeded_mask, seeded_subset
+from recommender.ranking.metrics import ndcg_at_k, recall_at_k
+from recommender.timing.metrics import (
     calibration_png,
     calibration_table,
     evaluate_timing,
     naive_baselines,
 )
+from recommender.timing.models import PurchaseTimingModel
+from recommender.timing.repurchase import RepurchaseModel
 from training.config import TrainConfig
 
 

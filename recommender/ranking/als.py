@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import NotFittedError, Recommender, scratch_block
+from recommender.ranking.base import NotFittedError, Recommender, scratch_block
 
 
 class FactorError(RuntimeError):

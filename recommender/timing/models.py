@@ -49,7 +49,7 @@ import numpy as np
 from scipy import optimize
 from scipy.special import betaln, digamma, expit, gamma, gammaln, hyp2f1
 
-from recommender.base import seeded_subset
+from recommender.data.sampling import seeded_subset
 
 __all__ = [
     "BGNBD",
@@ -1352,7 +1352,7 @@ class PurchaseTimingModel:
             When no candidate can be fitted (e.g. no customer bought twice),
             or the chosen one cannot be refitted on all the data.
         """
-        from recommender.timing_metrics import evaluate_timing, naive_baselines
+        from recommender.timing.metrics import evaluate_timing, naive_baselines
 
         self._check_config()
         codes = np.asarray(customer_codes)

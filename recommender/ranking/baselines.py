@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender, top_k_sparse
+from recommender.ranking.base import Recommender, top_k_sparse
 
 
 class PopularityRecommender(Recommender):

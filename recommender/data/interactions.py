@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.data import IdIndex
+from recommender.data.ids import IdIndex
 
 WEIGHTINGS = ("raw", "log", "bm25", "tfidf")
 

@@ -38,8 +38,8 @@ import scipy.sparse as sp
 from scipy import optimize
 from scipy.special import betainc, digamma, gammaln, polygamma
 
-from recommender.base import seeded_mask
-from recommender.timing import on_distinct_rows
+from recommender.data.sampling import seeded_mask
+from recommender.timing.models import on_distinct_rows
 
 __all__ = ["NotFittedError", "RepurchaseModel", "RepurchaseStateError"]
 

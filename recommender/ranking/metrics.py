@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.base import Recommender, in_sorted
+from recommender.ranking.base import Recommender, in_sorted
 
 
 def _hits(ranked: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:

@@ -136,23 +136,6 @@ def scratch_block(scratch: threading.local, n_rows: int, n_cols: int) -> np.ndar
     return buf[:n_rows]
 
 
-def seeded_subset(rows: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
-    """At most ``limit`` of ``rows``, drawn without replacement with ``seed``, sorted.
-
-    ``rows`` come back unchanged when there are no more than ``limit`` (or no limit).
-    """
-    if limit is None or len(rows) <= limit:
-        return rows
-    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
-
-
-def seeded_mask(rows: np.ndarray, n: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """A boolean mask over ``n`` rows, true on :func:`seeded_subset` of ``rows``."""
-    mask = np.zeros(n, dtype=bool)
-    mask[seeded_subset(rows, limit, seed)] = True
-    return mask
-
-
 def iter_blocks(rows: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(offset, rows[offset:offset + batch_size])``."""
     for start in range(0, len(rows), batch_size):

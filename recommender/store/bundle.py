@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.als import ALSRecommender, FactorError
-from recommender.artifacts import (
+from recommender.data.ids import IdIndex
+from recommender.ranking.als import ALSRecommender, FactorError
+from recommender.store.artifacts import (
     CorruptArtifactError,
     VersionReader,
     VersionWriter,
     resolve_version_dir,
 )
-from recommender.data import IdIndex
 
 
 @dataclass
@@ -282,7 +282,7 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise CorruptArtifactError(f"{path}: precomputed top-N names unknown items")
         bundle.topn_items, bundle.topn_scores = t["items"], t["scores"]
     if comps.get("timing"):
-        from recommender.timing import PurchaseTimingModel
+        from recommender.timing.models import PurchaseTimingModel
 
         try:
             bundle.timing = PurchaseTimingModel.from_state(
@@ -293,7 +293,7 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         except Exception as exc:  # any failure to rebuild means the file is unusable
             raise CorruptArtifactError(f"{path}: timing model unusable ({exc})") from None
     if comps.get("repurchase"):
-        from recommender.repurchase import RepurchaseModel
+        from recommender.timing.repurchase import RepurchaseModel
 
         try:
             bundle.repurchase = RepurchaseModel.from_state(

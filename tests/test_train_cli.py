@@ -192,9 +192,8 @@ def test_subprocess_strict_names_row_and_column(tmp_path):
 
 
 def test_subprocess_train_publishes_and_prints_everything(shop, tmp_path):
-    """Run as a command, which ends with os._exit instead of the interpreter's
-    teardown, training still prints its whole summary into a pipe, exits 0
-    and leaves the version published."""
+    """Run as a command whose output goes into a pipe, training prints its
+    whole summary, exits 0 and leaves the version published."""
     _, paths = shop
     models = tmp_path / "m"
     p = run_cli("train", "--transactions", str(paths["transactions"]), "--models-dir", str(models))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 import time
@@ -333,24 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The console entry point: :func:`main`, then exit without tearing down
-    the interpreter.
-
-    Python frees every object and module of the numeric stack one by one
-    when it exits; after a training run on the 5M-row bench log that took
-    about half a second, with every result already written. By the time
-    :func:`main` returns, every file it wrote is closed and every thread it
-    started has finished, so only the standard streams and logging need
-    flushing before the process ends.
-    """
-    code = main()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing left to say
-            pass
-    os._exit(code)
+    """The console entry point: exit with :func:`main`'s code."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

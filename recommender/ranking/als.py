@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.ranking.base import NotFittedError, Recommender, scratch_block
+from recommender.ranking.base import Recommender, scratch_block
 
 
 class FactorError(RuntimeError):
@@ -245,4 +245,4 @@ def check_factors(factors: np.ndarray, what: str) -> None:
         raise FactorError(f"{what} factors contain NaN or infinity in {bad} row(s)")
 
 
-__all__ = ["ALSRecommender", "FactorError", "NotFittedError", "check_factors"]
+__all__ = ["ALSRecommender", "FactorError", "check_factors"]

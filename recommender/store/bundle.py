@@ -282,7 +282,7 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise CorruptArtifactError(f"{path}: precomputed top-N names unknown items")
         bundle.topn_items, bundle.topn_scores = t["items"], t["scores"]
     if comps.get("timing"):
-        from recommender.timing.models import PurchaseTimingModel
+        from recommender.timing.selection import PurchaseTimingModel
 
         try:
             bundle.timing = PurchaseTimingModel.from_state(

@@ -39,16 +39,13 @@ from scipy import optimize
 from scipy.special import betainc, digamma, gammaln, polygamma
 
 from recommender.data.sampling import seeded_mask
-from recommender.timing.models import on_distinct_rows
+from recommender.errors import NotFittedError
+from recommender.timing.rows import on_distinct_rows
 
-__all__ = ["NotFittedError", "RepurchaseModel", "RepurchaseStateError"]
+__all__ = ["RepurchaseModel", "RepurchaseStateError"]
 
 STATE_SCHEMA = "encore.repurchase/1"
 _K_BOUNDS = (0.5, 30.0)
-
-
-class NotFittedError(RuntimeError):
-    """A method that needs learned state was called before ``fit``."""
 
 
 class RepurchaseStateError(ValueError):

@@ -130,9 +130,9 @@ class _BetaGeometricModel(TimingModel):
         far below 1: then most of the Beta mass lies at p far below any float
         near 0, which no quadrature of ``h(p) p**(a-1)`` resolves. So the
         integral is ``h(0) + E[h(p) - h(0)]``, whose integrand vanishes at 0,
-        split where ``h`` changes scale (``p ~ 1 / (k u)``). Agrees with Monte
-        Carlo where the former single quadrature was off by up to 15x.
-        Slow (two ``quad`` per row): only a fallback.
+        split where ``h`` changes scale (``p ~ 1 / (k u)``); a single
+        quadrature over ``[0, 1]`` misses the mass near 0 and disagrees with
+        Monte Carlo. Slow (two ``quad`` per row): only a fallback.
         """
         from scipy import integrate
 

@@ -28,9 +28,8 @@ def _hyp2f1_one(b: np.ndarray, c: np.ndarray, z: np.ndarray, w: np.ndarray) -> n
     """``2F1(1, b; c; z)`` for ``0 <= z < 1``, with ``w = 1 - z`` given exactly.
 
     scipy sums the Gauss series, whose cost grows as ``1 / w`` when
-    ``d = c - b - 1`` is small: a thousand times slower at ``z = 0.9999``
-    than at 0.5, which is where a shop with hardly any churn puts most
-    Pareto/NBD customers. There the connection to ``w`` (DLMF 15.8.4) is
+    ``d = c - b - 1`` is small, and ``z`` close to 1 is where a shop with
+    hardly any churn puts most Pareto/NBD customers. There the connection to ``w`` (DLMF 15.8.4) is
     used instead; with ``a = 1`` its second series sums to a closed form::
 
         2F1(1, b; c; z) = (c-1)/d 2F1(1, b; 1-d; w) + G(c) G(-d) / G(b) w**d z**(1-c)

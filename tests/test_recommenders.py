@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from recommender.data.interactions import apply_weighting
+from recommender.errors import NotFittedError
 from recommender.ranking.als import ALSRecommender, FactorError
-from recommender.ranking.base import NotFittedError, mask_seen, top_k, top_k_sparse
+from recommender.ranking.base import mask_seen, top_k, top_k_sparse
 from recommender.ranking.baselines import (
     ItemKNNRecommender,
     PersonalFrequencyRecommender,

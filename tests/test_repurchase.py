@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.special import betaincc
 
-from recommender.timing.models import on_distinct_rows
-from recommender.timing.repurchase import NotFittedError, RepurchaseModel, RepurchaseStateError
+from recommender.errors import NotFittedError
+from recommender.timing.repurchase import RepurchaseModel, RepurchaseStateError
+from recommender.timing.rows import on_distinct_rows
 
 AS_OF = 365.0
 WINDOW = 7.0

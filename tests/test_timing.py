@@ -16,16 +16,12 @@ import pandas as pd
 import pytest
 from scipy import integrate, optimize
 
-from recommender.timing.models import (
-    BGNBD,
-    MBGNBD,
-    NotFittedError,
-    ParetoNBD,
-    TimingFitError,
-    compress_rows,
-    simulate_bgnbd,
-    summarize_purchases,
-)
+from recommender.errors import NotFittedError, TimingFitError
+from recommender.timing.bgnbd import BGNBD, MBGNBD
+from recommender.timing.pareto import ParetoNBD
+from recommender.timing.rows import compress_rows
+from recommender.timing.summary import summarize_purchases
+from tests.simulate import simulate_bgnbd
 
 DATA = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 EPOCH = pd.Timestamp("1970-01-01")
@@ -385,7 +381,7 @@ def test_hyp2f1_one_near_one():
     (slow) series everywhere within scipy's own error of about 1e-9."""
     from scipy.special import hyp2f1
 
-    from recommender.timing.models import _hyp2f1_one
+    from recommender.timing.pareto import _hyp2f1_one
 
     b, c, w, ref = (np.array(col) for col in zip(*_HYP2F1_ONE_REFERENCE, strict=True))
     np.testing.assert_allclose(_hyp2f1_one(b, c, 1.0 - w, w), ref, rtol=1e-12)
@@ -456,7 +452,7 @@ def test_curve_and_median_consistent(cls, cdnow):
 
 @pytest.fixture(scope="module")
 def wrapper():
-    from recommender.timing.models import PurchaseTimingModel
+    from recommender.timing.selection import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
     return PurchaseTimingModel(holdout_days=91.0).fit(codes, days, CAL_END, n)
@@ -522,7 +518,8 @@ def test_wrapper_rows_curve_and_later_as_of(wrapper):
 def test_wrapper_state_round_trip(wrapper, tmp_path):
     import json
 
-    from recommender.timing.models import PurchaseTimingModel, TimingStateError
+    from recommender.errors import TimingStateError
+    from recommender.timing.selection import PurchaseTimingModel
 
     meta, arrays = wrapper.to_state()
     (tmp_path / "meta.json").write_text(json.dumps(meta))
@@ -550,7 +547,7 @@ def test_wrapper_state_round_trip(wrapper, tmp_path):
 
 
 def test_wrapper_without_holdout_and_failures():
-    from recommender.timing.models import PurchaseTimingModel
+    from recommender.timing.selection import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
     with pytest.raises(NotFittedError):
@@ -573,16 +570,16 @@ def test_wrapper_without_holdout_and_failures():
 def test_candidates_fitted_side_by_side_match_one_at_a_time(monkeypatch):
     """The candidates run in threads: each gets the figures it gets alone, in
     the order of ``candidates``, and one that fails is recorded, not fatal."""
-    from recommender.timing import models as timing
-    from recommender.timing.models import PurchaseTimingModel
+    from recommender.timing import selection
+    from recommender.timing.selection import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
 
-    class Failing(timing.MBGNBD):
+    class Failing(MBGNBD):
         def fit(self, *a, **k):
             raise TimingFitError("simulated failure")
 
-    monkeypatch.setitem(timing.MODELS, "mbgnbd", Failing)
+    monkeypatch.setitem(selection.MODELS, "mbgnbd", Failing)
     both = PurchaseTimingModel(holdout_days=91.0, candidates=("pareto_nbd", "mbgnbd", "bgnbd"))
     sel = both.fit(codes, days, CAL_END, n).selection_["candidates"]
     assert list(sel) == ["pareto_nbd", "mbgnbd", "bgnbd"]
@@ -597,10 +594,10 @@ def test_a_tie_on_the_holdout_goes_to_the_earliest_candidate(monkeypatch):
     """Scores within the tolerance are a tie, and the order of preference, not
     the difference, decides; without a tolerance the lower score wins in
     either order."""
-    from recommender.timing import models as timing
-    from recommender.timing.models import PurchaseTimingModel
+    from recommender.timing import selection
+    from recommender.timing.selection import PurchaseTimingModel
 
-    class Nudged(timing.BGNBD):
+    class Nudged(BGNBD):
         """BG/NBD a hair off its optimum: a near-identical holdout score."""
 
         name = "nudged"
@@ -610,7 +607,7 @@ def test_a_tie_on_the_holdout_goes_to_the_earliest_candidate(monkeypatch):
             self.params_ = {**self.params_, "alpha": self.params_["alpha"] * 1.01}
             return self
 
-    monkeypatch.setitem(timing.MODELS, "nudged", Nudged)
+    monkeypatch.setitem(selection.MODELS, "nudged", Nudged)
     codes, days, n = load_cdnow()
     exact = {}
     for order in (("bgnbd", "nudged"), ("nudged", "bgnbd")):
@@ -626,18 +623,18 @@ def test_a_tie_on_the_holdout_goes_to_the_earliest_candidate(monkeypatch):
 def test_a_pilot_fit_reaches_the_same_optimum(monkeypatch, cdnow):
     """Started from a fit on a sample, each candidate ends where a cold start
     does (the pilot only shortens the way)."""
-    from recommender.timing import models as timing
-    from recommender.timing.models import PurchaseTimingModel
+    from recommender.timing.base import TimingModel
+    from recommender.timing.selection import PurchaseTimingModel
 
     codes, days, n = load_cdnow()
     sizes: list[int] = []
-    fit = timing._TimingModel.fit
+    fit = TimingModel.fit
 
     def spy(self, x, *a, **k):
         sizes.append(len(x))
         return fit(self, x, *a, **k)
 
-    monkeypatch.setattr(timing._TimingModel, "fit", spy)
+    monkeypatch.setattr(TimingModel, "fit", spy)
     cold = PurchaseTimingModel(holdout_days=91.0, pilot_sample=None).fit(codes, days, CAL_END, n)
     assert 500 not in sizes
     piloted = PurchaseTimingModel(holdout_days=91.0, pilot_sample=500).fit(codes, days, CAL_END, n)

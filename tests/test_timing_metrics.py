@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recommender.timing.bgnbd import BGNBD
 from recommender.timing.metrics import (
     auc_score,
     calibration_png,
@@ -18,7 +19,8 @@ from recommender.timing.metrics import (
     naive_baselines,
     probability_metrics,
 )
-from recommender.timing.models import BGNBD, ParetoNBD, summarize_purchases
+from recommender.timing.pareto import ParetoNBD
+from recommender.timing.summary import summarize_purchases
 from tests.test_timing import CAL_END, HOLDOUT_END, load_cdnow
 
 

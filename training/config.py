@@ -7,19 +7,26 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from recommender.ranking.als import (
+    DEFAULT_ALPHA,
+    DEFAULT_FACTORS,
+    DEFAULT_ITERATIONS,
+    DEFAULT_REGULARIZATION,
+)
+
 
 @dataclass
 class ALSConfig:
     """Hyperparameters of the ALS ranking model."""
 
-    factors: int = 32
+    factors: int = DEFAULT_FACTORS
     """Latent dimensions."""
-    regularization: float = 0.1
+    regularization: float = DEFAULT_REGULARIZATION
     """L2 penalty on the factors."""
-    alpha: float = 1.0
+    alpha: float = DEFAULT_ALPHA
     """Confidence scale of a (weighted) interaction (BM25 weights are already
     large, so 1 is the measured best; see bench/sweep_defaults.py)."""
-    iterations: int = 15
+    iterations: int = DEFAULT_ITERATIONS
     """ALS sweeps of the published model: ``iterations - refit_iterations``
     from scratch on the history before the evaluation window (the judged
     model), then ``refit_iterations`` on the whole log, warm-started. On the

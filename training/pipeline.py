@@ -46,8 +46,8 @@ from training.config import ALSConfig, TrainConfig
 from training.search import search as run_search
 
 if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
-    from recommender.timing.models import PurchaseTimingModel
     from recommender.timing.repurchase import RepurchaseModel
+    from recommender.timing.selection import PurchaseTimingModel
 
 log = logging.getLogger("encore.train")
 

@@ -19,8 +19,8 @@ from recommender.timing.metrics import (
     evaluate_timing,
     naive_baselines,
 )
-from recommender.timing.models import PurchaseTimingModel
 from recommender.timing.repurchase import RepurchaseModel
+from recommender.timing.selection import PurchaseTimingModel
 from training.config import TrainConfig
 
 

@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recommender.ranking.base import NotFittedError, Recommender, scratch_block
+from recommender.ranking.base import Recommender, scratch_block
+
+#: Defaults of the estimator and of the product (``training.config.ALSConfig``
+#: reads them from here, so the two cannot drift). They were chosen by a grid on
+#: the generated shops (bench/sweep_defaults.py) with BM25-weighted matrices, the
+#: pipeline's default weighting: those weights are already large, hence alpha 1.
+DEFAULT_FACTORS = 32
+DEFAULT_REGULARIZATION = 0.1
+DEFAULT_ALPHA = 1.0
+DEFAULT_ITERATIONS = 15
 
 
 class FactorError(RuntimeError):
@@ -45,10 +54,10 @@ class ALSRecommender(Recommender):
 
     def __init__(
         self,
-        factors: int = 64,
-        regularization: float = 0.05,
-        alpha: float = 10.0,
-        iterations: int = 15,
+        factors: int = DEFAULT_FACTORS,
+        regularization: float = DEFAULT_REGULARIZATION,
+        alpha: float = DEFAULT_ALPHA,
+        iterations: int = DEFAULT_ITERATIONS,
         random_state: int = 0,
         num_threads: int = 0,
     ) -> None:
@@ -60,15 +69,6 @@ class ALSRecommender(Recommender):
         self.num_threads = num_threads
         self.user_factors_: np.ndarray | None = None
         self.item_factors_: np.ndarray | None = None
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "alpha": self.alpha,
-            "iterations": self.iterations,
-            "random_state": self.random_state,
-        }
 
     def fit(
         self,
@@ -245,4 +245,12 @@ def check_factors(factors: np.ndarray, what: str) -> None:
         raise FactorError(f"{what} factors contain NaN or infinity in {bad} row(s)")
 
 
-__all__ = ["ALSRecommender", "FactorError", "NotFittedError", "check_factors"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_FACTORS",
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_REGULARIZATION",
+    "ALSRecommender",
+    "FactorError",
+    "check_factors",
+]

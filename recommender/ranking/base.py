@@ -10,9 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
-
-class NotFittedError(RuntimeError):
-    """A model method that needs learned state was called before ``fit``."""
+from recommender.errors import NotFittedError
 
 
 class Recommender(ABC):

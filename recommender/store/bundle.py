@@ -22,9 +22,9 @@ Files in a version directory (schema version 1):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,10 @@ from recommender.store.artifacts import (
     VersionWriter,
     resolve_version_dir,
 )
+
+if TYPE_CHECKING:  # load_bundle imports them only for a version that has them
+    from recommender.timing.repurchase import RepurchaseModel
+    from recommender.timing.selection import PurchaseTimingModel
 
 
 @dataclass
@@ -104,9 +108,8 @@ class Bundle:
     als: ALSRecommender | None = None
     topn_items: np.ndarray | None = None
     topn_scores: np.ndarray | None = None
-    timing: Any | None = None
-    repurchase: Any | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    timing: PurchaseTimingModel | None = None
+    repurchase: RepurchaseModel | None = None
 
     @property
     def n_customers(self) -> int:
@@ -128,8 +131,8 @@ def save_bundle(
     manifest: dict[str, Any],
     als: ALSRecommender | None = None,
     topn: tuple[np.ndarray, np.ndarray] | None = None,
-    timing: Any | None = None,
-    repurchase: Any | None = None,
+    timing: PurchaseTimingModel | None = None,
+    repurchase: RepurchaseModel | None = None,
     version: str | None = None,
     reports: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
 ) -> Path:
@@ -282,7 +285,7 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise CorruptArtifactError(f"{path}: precomputed top-N names unknown items")
         bundle.topn_items, bundle.topn_scores = t["items"], t["scores"]
     if comps.get("timing"):
-        from recommender.timing.models import PurchaseTimingModel
+        from recommender.timing.selection import PurchaseTimingModel
 
         try:
             bundle.timing = PurchaseTimingModel.from_state(

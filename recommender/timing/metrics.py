@@ -87,7 +87,8 @@ def auc_score(score: Any, positive: Any) -> float | None:
     if n_pos == 0 or n_neg == 0:
         return None
     # Average ranks (1-based; tied scores share the mean of their ranks),
-    # computed here: importing scipy.stats for rankdata costs half a second.
+    # computed here: importing scipy.stats for rankdata costs more than the
+    # ranking itself.
     order = np.argsort(s, kind="stable")
     ordered = s[order]
     first = np.r_[True, ordered[1:] != ordered[:-1]]

@@ -124,9 +124,9 @@ class Recommender(ABC):
 def scratch_block(scratch: threading.local, n_rows: int, n_cols: int) -> np.ndarray:
     """A float32 ``(n_rows, n_cols)`` block, reused by the calling thread.
 
-    A fresh block of dense scores costs its first touch of every page (about
-    12 ms for 64 MB), which a recommend over millions of customers pays once
-    per block; reusing one per thread made ALS ranking about 15% faster.
+    A fresh block of dense scores pays the first touch of every page, which a
+    recommend over millions of customers would pay once per block; a block
+    reused per thread pays it once.
     """
     buf = getattr(scratch, "scores", None)
     if buf is None or buf.shape[0] < n_rows or buf.shape[1] != n_cols:
@@ -152,10 +152,10 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     ``-inf`` entries (masked items) come back as item ``-1``.
 
-    A full ``argpartition`` of every row costs about 2 ms per customer over
-    50,000 items; instead each row gets a threshold that at least ``k`` of its
-    scores reach (the ``k``-th largest of the maxima of groups of up to 32
-    columns spread across the row), so only a few dozen candidates per row are
+    A full ``argpartition`` of every row touches every score again; instead
+    each row gets a threshold that at least ``k`` of its scores reach (the
+    ``k``-th largest of the maxima of groups of up to 32 columns spread across
+    the row), so only a few dozen candidates per row are
     sorted. Rows with many ties above the threshold fall back to an exact
     partition.
     """
@@ -224,8 +224,8 @@ def _rank_candidates(
     counts = np.bincount(rows, minlength=n_rows)
     width = max(int(counts.max(initial=0)), k)
     pos = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    # one padded row per customer: a sort along rows of a 2-d array is several
-    # times faster than a lexsort of the flat candidates
+    # one padded row per customer: a sort along rows of a 2-d array beats a
+    # lexsort of the flat candidates
     vals = np.full((n_rows, width), -np.inf, dtype=np.float32)
     items = np.zeros((n_rows, width), dtype=np.int64)
     vals[rows, pos] = values

@@ -161,8 +161,8 @@ class VersionWriter:
         """Hash the files, write ``manifest.json`` and move the version into place."""
         paths = [self.tmp_dir / name for name in self.files]
         # The files are hashed, and later flushed to disk, side by side:
-        # hashlib and fsync release the interpreter (a bundle of the 5M-row
-        # bench log has 250 MB to hash).
+        # hashlib and fsync release the interpreter, and a large bundle has
+        # hundreds of megabytes to hash.
         workers = max(1, min(4, os.cpu_count() or 1, len(paths)))
         with ThreadPoolExecutor(workers, thread_name_prefix="encore-commit") as pool:
             digests = dict(zip(self.files, pool.map(sha256_file, paths), strict=True))

@@ -236,3 +236,18 @@ def test_both_beat_popularity_on_a_grocery_shop():
     # ranked other customers' items, or mostly popular ones, would fall far short
     assert ptop > pop + 0.3, (ptop, pop)
     assert tifu > pop + 0.3, (tifu, pop)
+
+
+def test_sort_rows_packed_and_lexsort_paths_agree():
+    from recommender.ranking.repeat_baselines import _sort_rows
+
+    rng = np.random.default_rng(1)
+    cols = [rng.integers(0, 50, 400), rng.integers(-5, 5, 400), rng.integers(0, 3, 400)]
+    order = np.lexsort(cols[::-1])
+    for got, col in zip(_sort_rows(*cols), cols, strict=True):
+        np.testing.assert_array_equal(got, col[order])
+    # spans too large for one int64 key take the lexsort path
+    big = [cols[0] * 2**40, cols[1] * 2**30, cols[2]]
+    order = np.lexsort(big[::-1])
+    for got, col in zip(_sort_rows(*big), big, strict=True):
+        np.testing.assert_array_equal(got, col[order])

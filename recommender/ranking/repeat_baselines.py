@@ -109,8 +109,7 @@ class Baskets:
         c, i, d = c[keep], i[keep], d[keep]
         if c.size and (c.max() >= n_customers or i.max() >= n_items):
             raise ValueError("a customer or item row is out of range")
-        order = np.lexsort((i, d, c))
-        c, d, i = c[order], d[order], i[order]
+        c, d, i = _sort_rows(c, d, i)
         new = np.ones(c.size, dtype=bool)
         new[1:] = (c[1:] != c[:-1]) | (d[1:] != d[:-1]) | (i[1:] != i[:-1])
         return cls(c[new], d[new], i[new], int(n_customers), int(n_items))
@@ -153,8 +152,36 @@ class Baskets:
 
     def buyers(self) -> np.ndarray:
         """Distinct customers who bought each item (float64, length ``n_items``)."""
-        pairs = np.unique(self.customer_rows * self.n_items + self.item_rows)
-        return np.bincount(pairs % self.n_items, minlength=self.n_items).astype(np.float64)
+        # a CSR matrix sums the duplicate pairs in C (np.unique hashes or sorts
+        # millions of keys several times slower)
+        pairs = sp.csr_matrix(
+            (np.ones(len(self), dtype=np.float32), (self.customer_rows, self.item_rows)),
+            shape=(self.n_customers, self.n_items),
+        )
+        pairs.sum_duplicates()
+        return np.bincount(pairs.indices, minlength=self.n_items).astype(np.float64)
+
+
+def _sort_rows(*cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Columns of non-negative integers, rows sorted by the first, then the second, ...
+
+    The rows are packed into one int64 key when they fit (one ``np.sort`` of
+    5 million keys takes about a third of the time of a three-key ``lexsort``).
+    """
+    lows = [int(col.min(initial=0)) for col in cols]
+    spans = [int(col.max(initial=0)) - low + 1 for col, low in zip(cols, lows, strict=True)]
+    if int(np.prod([float(x) for x in spans])) >= 2**62:
+        order = np.lexsort(cols[::-1])
+        return tuple(col[order] for col in cols)
+    key = np.zeros(cols[0].size, dtype=np.int64)
+    for col, low, span in zip(cols, lows, spans, strict=True):
+        key = key * span + (col - low)
+    key.sort()
+    out: list[np.ndarray] = []
+    for low, span in zip(lows[::-1], spans[::-1], strict=True):
+        key, digit = np.divmod(key, span)
+        out.append(digit + low)
+    return tuple(out[::-1])
 
 
 class _BasketRecommender(Recommender):
@@ -304,8 +331,7 @@ class PTopFreqRecommender(_BasketRecommender):
         position, n_baskets = baskets.basket_positions()
         c, i = baskets.customer_rows, baskets.item_rows
         # group the purchases by (customer, item), oldest day first
-        order = np.lexsort((position, i, c))
-        c, i, position = c[order], i[order], position[order]
+        c, i, position = _sort_rows(c, i, position)
         last = np.ones(c.size, dtype=bool)
         last[:-1] = (c[1:] != c[:-1]) | (i[1:] != i[:-1])
         ends = np.flatnonzero(last)

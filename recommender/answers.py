@@ -617,7 +617,7 @@ class Answerer:
         items, sims = als.similar_items(item_row, k)
         return [(int(i), float(s)) for i, s in zip(items, sims, strict=True)]
 
-    def buy_again(self, row: int, within_days: float, k: int) -> list[dict[str, object]]:
+    def buy_again(self, row: int, within_days: float, k: int) -> list[dict[str, Any]]:
         """The buy-again model's items for a known customer, most likely first."""
         rep = self.bundle.repurchase
         if rep is None:

@@ -284,7 +284,8 @@ class Answerer:
         if table is None or table_scores is None or k > table.shape[1]:
             return none, np.empty((0, k), np.int32), np.empty((0, k), np.float32)
         cand = table[rows]
-        ok = (cand >= 0) & allowed[np.maximum(cand, 0)]
+        ok = allowed[cand]  # -1 (no item) reads the last item's flag, then is cleared
+        ok &= cand >= 0
         pos, items = hidden
         if pos.size:
             n_items = self.bundle.n_items
@@ -292,12 +293,54 @@ class Answerer:
             place = np.arange(len(rows))[:, None] * n_items + cand
             ok &= ~in_sorted(place, keys)
         answered = ok.sum(axis=1) >= k
-        take = ok[answered] & (np.cumsum(ok[answered], axis=1) <= k)
+        if not answered.any():
+            return answered, np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+        ok = ok[answered]
+        ok &= np.cumsum(ok, axis=1) <= k
         return (
             answered,
-            cand[answered][take].reshape(-1, k).astype(np.int32),
-            table_scores[rows[answered]][take].reshape(-1, k).astype(np.float32),
+            cand[answered][ok].reshape(-1, k).astype(np.int32),
+            table_scores[rows[answered]][ok].reshape(-1, k).astype(np.float32),
         )
+
+    def _rank_one(
+        self, row: int, allowed: np.ndarray, rules: Rules, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_rank_known` of one customer with ``pruned``, on 1-d arrays.
+
+        The same rule step by step (the table when it holds ``k`` allowed items,
+        else the pruned search or exact scores), without the bookkeeping of a
+        block, which would cost a request more than its table lookup;
+        ``tests/test_answers.py`` holds the two paths to the same picks.
+        """
+        als = self.bundle.als
+        assert als is not None and als.user_factors_ is not None
+        hidden = self.history(row)
+        if rules.exclude_purchased:
+            hidden = hidden[~self.repurchase_items[hidden]]
+        else:
+            hidden = hidden[:0]
+        table, table_scores = self.bundle.topn_items, self.bundle.topn_scores
+        if table is not None and table_scores is not None and k <= table.shape[1]:
+            cand = table[row]
+            ok = allowed[cand]  # -1 (no item) reads the last item's flag, then is cleared
+            ok &= cand >= 0
+            if hidden.size:
+                ok &= ~in_sorted(cand, np.sort(hidden))
+            pos = np.flatnonzero(ok)
+            if len(pos) >= k:
+                pos = pos[:k]
+                return cand[pos], table_scores[row][pos]
+        if hidden.size:
+            allowed = allowed.copy()
+            allowed[hidden] = False
+        if self.search is not None:
+            return self.search.top_k(als.user_factors_[row], allowed, k)
+        scores = als.score(np.array([row]))
+        if not allowed.all():
+            np.copyto(scores, np.float32(-np.inf), where=~allowed)
+        items, top = top_k(scores, k)
+        return items[0], top[0]
 
     def _rank_known(
         self,
@@ -465,46 +508,40 @@ class Answerer:
             Item rows due to be rebought ("due to rebuy" wins over the rest).
         """
         keep = np.asarray(items) >= 0
-        items = np.asarray(items)[keep].astype(np.int64)
-        scores = np.asarray(scores)[keep]
+        rows = np.asarray(items)[keep].astype(np.int64)
+        values: list[float] = np.asarray(scores, dtype=np.float64)[keep].tolist()
         if strategy == "popular":
             out = []
-            for r, s in zip(items, scores, strict=True):
+            for r, s in zip(rows.tolist(), values, strict=True):
                 cat = str(self.bundle.catalog.category[r])
                 reason = f"popular in {cat}" if cat else "popular right now"
-                out.append(Pick(int(r), float(s), reason))
+                out.append(Pick(r, s, reason))
             return out
         due = due or set()
         als = self.bundle.als
-        best = None
-        if als is not None and basis is not None and basis.size and items.size:
+        best: list[int] | None = None
+        if als is not None and basis is not None and basis.size and rows.size:
             f = als.item_factors_
             assert f is not None
             norms = als.item_norms()
-            sims = (f[items] @ f[basis].T) / (norms[items][:, None] * norms[basis][None, :])
-            sims[items[:, None] == basis[None, :]] = -np.inf  # "similar to itself" says nothing
-            best = basis[np.argmax(sims, axis=1)]
+            sims = (f[rows] @ f[basis].T) / (norms[rows][:, None] * norms[basis][None, :])
+            sims[rows[:, None] == basis[None, :]] = -np.inf  # "similar to itself" says nothing
+            best = basis[np.argmax(sims, axis=1)].tolist()
         picks = []
-        for j, (r, s) in enumerate(zip(items, scores, strict=True)):
-            if int(r) in due:
+        for j, (r, s) in enumerate(zip(rows.tolist(), values, strict=True)):
+            if r in due:
                 reason = "due to rebuy"
             elif best is not None and best[j] != r:
-                reason = f"similar to {self.label(int(best[j]))}"
+                reason = f"similar to {self.label(best[j])}"
             else:
                 reason = "matches your taste"
-            picks.append(Pick(int(r), float(s), reason))
+            picks.append(Pick(r, s, reason))
         return picks
 
     # -- questions -------------------------------------------------------------------
-    def _answer_row(self, row: int, ranked: RankedRows, i: int) -> Answer:
-        if not ranked.personalized[i]:
-            return Answer("popular", self.explain("popular", ranked.items[i], ranked.scores[i]))
+    def _personal(self, row: int, items: np.ndarray, scores: np.ndarray) -> Answer:
         picks = self.explain(
-            "personalized",
-            ranked.items[i],
-            ranked.scores[i],
-            basis=self.history(row),
-            due=self.due_items(row),
+            "personalized", items, scores, basis=self.history(row), due=self.due_items(row)
         )
         return Answer("personalized", picks)
 
@@ -522,14 +559,13 @@ class Answerer:
             For categories that cannot be used.
         """
         row = self.bundle.customers.row(customer_id) if customer_id else None
-        rows = np.array([-1 if row is None else row], dtype=np.int64)
         allowed = self.allowed(rules)
         k = min(int(k), self.bundle.n_items)
         if row is not None and self.bundle.als is not None:
-            items, scores = self._rank_known(rows, allowed, rules, k, pruned=True)
-            return self._answer_row(row, RankedRows(items, scores, np.ones(1, bool)), 0)
+            items, scores = self._rank_one(row, allowed, rules, k)
+            return self._personal(row, items, scores)
         if row is not None:
-            allowed[self._hidden(rows, rules)[1]] = False
+            allowed[self._hidden(np.array([row]), rules)[1]] = False
         it, sc = self._popular(allowed, k)
         return Answer("popular", self.explain("popular", it, sc))
 
@@ -604,7 +640,12 @@ class Answerer:
         """
         rows = self.bundle.customers.rows(list(customer_ids))
         ranked = self.rank_rows(rows, k, rules, pruned=True)
-        return [self._answer_row(int(r), ranked, i) for i, r in enumerate(rows)]
+        return [
+            self._personal(int(r), ranked.items[i], ranked.scores[i])
+            if ranked.personalized[i]
+            else Answer("popular", self.explain("popular", ranked.items[i], ranked.scores[i]))
+            for i, r in enumerate(rows)
+        ]
 
     # -- items and timing -------------------------------------------------------------
     def similar(self, item_row: int, k: int) -> list[tuple[int, float]]:

@@ -12,8 +12,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recommender.store.bundle import load_bundle
 from recommender.answers import Answerer, Rules
+from recommender.ranking.als import ALSRecommender
+from recommender.ranking.als_search import NormOrderedSearch
+from recommender.store.bundle import load_bundle
 from tests.test_serving import train_small_shop
 
 
@@ -76,3 +78,22 @@ def test_folded_in_and_batch_same_picks(answerers):
     for a, b in zip(full.for_ids(ids, 10), pruned.for_ids(ids, 10), strict=True):
         assert a.strategy == b.strategy
         _same(a.picks, b.picks)
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_exact_ties_go_to_the_lower_item_row(k):
+    """Small integer factors make every dot product exact and ties plentiful."""
+    rng = np.random.default_rng(5)
+    model = ALSRecommender(factors=6)
+    model.item_factors_ = rng.integers(-2, 3, size=(3000, 6)).astype(np.float32)
+    model.item_factors_[::5] *= 3  # a spread of norms, so the bound cuts the scan
+    search = NormOrderedSearch(model, first_block=8)
+    for _ in range(40):
+        u = rng.integers(-3, 4, size=6).astype(np.float32)
+        allowed = rng.random(3000) > 0.3
+        items, scores = search.top_k(u, allowed, k)
+        full = (model.item_factors_ @ u).astype(np.float64)
+        full[~allowed] = -np.inf
+        want = np.lexsort((np.arange(3000), -full))[:k]
+        assert items.tolist() == want.tolist()
+        assert scores.tolist() == full[want].tolist()

@@ -246,14 +246,14 @@ def recent_items(rng: np.random.Generator, popularity: np.ndarray, n: int) -> np
 
 
 def in_process(shop: dict, args: argparse.Namespace) -> dict:
-    from serving.engine import Engine, Filters
+    from recommender.answers import Answerer, Rules
 
     bundles = {name: load_bundle(d) for name, d in shop["dirs"].items()}
     b = bundles["table"]
     engines = {
-        "table": Engine(b),
-        "pruned": Engine(bundles["no table"]),
-        "full scan": Engine(bundles["no table"], prune_min_items=2**62),  # the old path
+        "table": Answerer(b),
+        "pruned": Answerer(bundles["no table"]),
+        "full scan": Answerer(bundles["no table"], prune_min_items=2**62),  # the old path
     }
     als = b.als
     assert als is not None and als.user_factors_ is not None and als.item_factors_ is not None
@@ -262,7 +262,7 @@ def in_process(shop: dict, args: argparse.Namespace) -> dict:
     ids = [b.customers.id(int(r)) for r in rows]
     cats = sorted(engines["table"].categories)
     recent = [[b.items.id(int(j)) for j in recent_items(rng, b.popularity, 3)] for _ in range(400)]
-    f = Filters()
+    f = Rules()
     out: dict[str, float] = {}
     with threadpool_limits(1):
         als.score(rows[:2])  # warm up
@@ -272,12 +272,12 @@ def in_process(shop: dict, args: argparse.Namespace) -> dict:
         block = als.user_factors_[rows[:32]]
         out["matmul32"] = median_ms(lambda i: block @ als.item_factors_.T, 40) / 32
         for name, e in engines.items():
-            out[f"known {name}"] = median_ms(lambda i, e=e: e.recommend(ids[i], None, 10, f), 400)
+            out[f"known {name}"] = median_ms(lambda i, e=e: e.for_customer(ids[i], 10, f), 400)
             out[f"category {name}"] = median_ms(
-                lambda i, e=e: e.recommend(ids[i], None, 10, Filters([cats[i % len(cats)]])), 400
+                lambda i, e=e: e.for_customer(ids[i], 10, Rules([cats[i % len(cats)]])), 400
             )
             n = 400 if name != "full scan" else 100
-            out[f"folded {name}"] = median_ms(lambda i, e=e: e.recommend(None, recent[i], 10, f), n)
+            out[f"folded {name}"] = median_ms(lambda i, e=e: e.for_recent(recent[i], 10, f), n)
         # fold-in alone: the least-squares step, without ranking
         rec_rows = [np.array([b.items.row(x) for x in r]) for r in recent]
         out["fold_in"] = median_ms(lambda i: als.fold_in(rec_rows[i]), 100)
@@ -300,7 +300,7 @@ def in_process(shop: dict, args: argparse.Namespace) -> dict:
         f"pruned ranking scores {np.median(shares):.1%} of the items for the median customer "
         f"(p99 {np.quantile(shares, 0.99):.1%})"
     )
-    print(f"{'engine.recommend':<26}{'table':>10}{'pruned':>10}{'full scan':>11}")
+    print(f"{'Answerer.for_customer':<26}{'table':>10}{'pruned':>10}{'full scan':>11}")
     labels = {
         "known": "known customer",
         "category": "+ category filter",
@@ -335,7 +335,7 @@ def recall(a: np.ndarray, b: np.ndarray) -> float:
 def recall_study(shop: dict, ctx: dict, args: argparse.Namespace) -> None:
     import hnswlib
 
-    from serving.engine import Filters
+    from recommender.answers import Rules
 
     engines = ctx["engines"]
     e = engines["table"]
@@ -348,15 +348,17 @@ def recall_study(shop: dict, ctx: dict, args: argparse.Namespace) -> None:
     print(f"\n== recall@{k} against exact scoring of every item, {len(rows)} known customers ==")
     banned = []
     for r in rows:
-        allowed = e.allowed_mask(Filters())
-        allowed[e.purchased_excluded(e.history_items(int(r)))] = False
+        allowed = e.allowed(Rules())
+        hist = e.history(int(r))
+        allowed[hist[~e.repurchase_items[hist]]] = False
         banned.append(np.flatnonzero(~allowed))
     truth = exact_top(als, als.user_factors_[rows], k, banned)
 
     def served(engine) -> np.ndarray:
         out = []
         for r in rows:
-            picks = [p.item_row for p in engine.recommend_known(int(r), k, Filters())]
+            cid = engine.bundle.customers.id(int(r))
+            picks = [p.item_row for p in engine.for_customer(cid, k).picks]
             out.append(picks + [-1] * (k - len(picks)))
         return np.array(out)
 

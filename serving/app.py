@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
+from recommender.answers import AnswerError
 from serving.routes import customers, items, recommendations, system, ui
 from serving.settings import ServingSettings
 from serving.state import ModelStore
@@ -40,7 +41,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.start()
-        if store.engine is None:
+        if store.answerer is None:
             log.warning("started without a model; /readyz is 503 until one is published")
         yield
         store.stop()
@@ -120,6 +121,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(AnswerError)
+    async def answer_error(request: Request, exc: AnswerError) -> JSONResponse:
+        # a wrong question is the client's to fix; a missing model is this version's state
+        status = 400 if exc.kind == "bad_request" else 409
+        return JSONResponse({"detail": exc.message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from serving.engine import Engine
+from recommender.answers import Answerer
 from serving.state import ModelStore
 
 
@@ -14,10 +14,10 @@ async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-async def get_engine(request: Request) -> Engine:
-    """The engine serving this request (it keeps it even if a reload swaps models)."""
-    engine = request.app.state.store.engine
-    if engine is None:
+async def get_answerer(request: Request) -> Answerer:
+    """The answerer serving this request (it keeps it even if a reload swaps models)."""
+    answerer = request.app.state.store.answerer
+    if answerer is None:
         models_dir = request.app.state.store.settings.models_dir
         raise HTTPException(
             status_code=503,
@@ -27,8 +27,8 @@ async def get_engine(request: Request) -> Engine:
                 "automatically"
             ),
         )
-    return engine
+    return answerer
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+AnswererDep = Annotated[Answerer, Depends(get_answerer)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]

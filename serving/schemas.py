@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from recommender.store.bundle import Bundle
 
 #: Ids are what training stores: 1-256 characters of any text (spaces,
 #: accents, ``#``, ``/``, ...) without control characters and without leading
@@ -26,6 +29,19 @@ class Item(BaseModel):
     category: str | None = None
     price: float | None = None
     available: bool = True
+
+
+def item_fields(bundle: Bundle, row: int) -> dict[str, Any]:
+    """The :class:`Item` fields of an item row, from the bundle's catalogue."""
+    c = bundle.catalog
+    price = float(c.price[row])
+    return {
+        "item_id": bundle.items.id(row),
+        "title": str(c.title[row]) or None,
+        "category": str(c.category[row]) or None,
+        "price": price if np.isfinite(price) else None,
+        "available": bool(c.available[row]),
+    }
 
 
 class Recommendation(Item):

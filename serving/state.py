@@ -1,9 +1,9 @@
 """The model store: which version is served, and swapping in new ones safely.
 
 A new version is loaded and verified in a background thread, off the event
-loop; only a version that passes every check replaces the served engine, by
+loop; only a version that passes every check replaces the served answerer, by
 one reference assignment (atomic in CPython). Requests in flight keep the
-engine they started with. A corrupt, half-written or incompatible version is
+answerer they started with. A corrupt, half-written or incompatible version is
 refused, logged, and the old one keeps serving (as TF Serving and Triton do).
 """
 
@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from recommender.answers import Answerer
 from recommender.store.artifacts import current_version
 from recommender.store.bundle import load_bundle
-from serving.engine import Engine
 from serving.settings import ServingSettings
 
 log = logging.getLogger("encore.serving")
@@ -34,11 +34,12 @@ class LoadEvent:
 
 
 class ModelStore:
-    """Holds the served :class:`Engine` and reloads it when ``current`` changes."""
+    """Holds the served :class:`~recommender.answers.Answerer` and reloads it when
+    ``current`` changes."""
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
-        self._engine: Engine | None = None
+        self._answerer: Answerer | None = None
         self._lock = threading.Lock()  # one load at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,13 +49,13 @@ class ModelStore:
         self.reloads_failed = 0
 
     @property
-    def engine(self) -> Engine | None:
-        return self._engine
+    def answerer(self) -> Answerer | None:
+        return self._answerer
 
     @property
     def version(self) -> str | None:
-        e = self._engine
-        return e.bundle.version if e is not None else None
+        a = self._answerer
+        return a.bundle.version if a is not None else None
 
     def _record(self, event: LoadEvent) -> None:
         self.events = (self.events + [event])[-20:]
@@ -72,7 +73,7 @@ class ModelStore:
                 return LoadEvent(None, False, f"cannot read the models directory: {exc}")
             if wanted is None:
                 msg = f"no model is published in {self.settings.models_dir}"
-                return LoadEvent(None, self._engine is not None, msg)
+                return LoadEvent(None, self._answerer is not None, msg)
             if wanted == self.version and not force:
                 return LoadEvent(wanted, True, "already serving this version")
             if wanted in self._refused and not force:
@@ -82,7 +83,7 @@ class ModelStore:
                 bundle = load_bundle(
                     self.settings.models_dir, wanted, verify_hashes=self.settings.verify_hashes
                 )
-                engine = Engine(bundle, due_days=self.settings.due_probability_horizon_days)
+                answerer = Answerer(bundle, due_days=self.settings.due_probability_horizon_days)
             except Exception as exc:
                 # Whatever stops a version from loading (named artifact errors, but
                 # also e.g. zipfile.BadZipFile from damaged bytes when hashes are not
@@ -93,7 +94,7 @@ class ModelStore:
                 log.error("%s; still serving %s", ev.message, self.version)
                 self._record(ev)
                 return ev
-            self._engine = engine  # the swap: requests in flight keep their engine
+            self._answerer = answerer  # the swap: requests in flight keep theirs
             self._refused.discard(wanted)
             self.reloads_ok += 1
             ev = LoadEvent(

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recommender.answers import Answerer
+from recommender.ranking.base import top_k
 from recommender.store.artifacts import current_version, list_versions
 from recommender.store.bundle import load_bundle
 from training import ranking
@@ -179,10 +181,22 @@ def test_recommend_all_writes_k_ranked_rows_per_customer(models, tmp_path, capsy
     assert set(table["item_id"]) <= set(b.items.ids_)
     check_ranked(table, 7)
     assert f"{b.n_customers:,} customers personalised" in capsys.readouterr().out
-    # the scores are the model's: re-scoring one customer gives the same order
+    # the scores are the model's: re-scoring one customer, with what they bought
+    # hidden (all but repurchase items, as the API does), gives the same order
     row = b.customers.row("12005")
-    want, _ = b.als.recommend(np.array([row]), b.history, k=7)
+    scores = b.als.score(np.array([row]))
+    bought = b.history[row].indices
+    if b.repurchase is not None:
+        bought = bought[~np.asarray(b.repurchase.is_repurchase_item_, dtype=bool)[bought]]
+    assert bought.size
+    scores[0, bought] = -np.inf
+    want, _ = top_k(scores, 7)
     got = table[table["customer_id"] == "12005"]["item_id"].tolist()
+    assert got == [b.items.id(i) for i in want[0]]
+    # and with purchases shown, the plain top-7 of the model
+    shown = run_recommend(models, tmp_path / "all.csv", "--all", "-k", "7", "--include-purchased")
+    want, _ = b.als.recommend(np.array([row]), b.history, k=7)
+    got = shown[shown["customer_id"] == "12005"]["item_id"].tolist()
     assert got == [b.items.id(i) for i in want[0]]
 
 
@@ -214,24 +228,30 @@ def test_headerless_customer_list(models, tmp_path):
     assert table["customer_id"].drop_duplicates().tolist() == ["12010", "12011"]
 
 
-def test_exclude_purchased_leaves_out_history_items(models, shop_csv, tmp_path):
+def test_purchases_are_hidden_by_default_except_repurchase_items(models, shop_csv, tmp_path):
     hist = history(shop_csv)
+    b = load_bundle(models)
+    again = set()
+    if b.repurchase is not None:
+        again = {b.items.id(int(j)) for j in np.flatnonzero(b.repurchase.is_repurchase_item_)}
     ids = tmp_path / "ids.csv"
     some = sorted(hist)[:40]
     ids.write_text("customer_id\n" + "\n".join(some) + "\n")
-    plain = run_recommend(models, tmp_path / "a.csv", "--customers", str(ids), "-k", "10")
-    excl = run_recommend(
-        models, tmp_path / "b.csv", "--customers", str(ids), "-k", "10", "--exclude-purchased"
-    )
+    args = ("--customers", str(ids), "-k", "10")
+    plain = run_recommend(models, tmp_path / "a.csv", *args, "--include-purchased")
+    default = run_recommend(models, tmp_path / "b.csv", *args)
+    excl = run_recommend(models, tmp_path / "c.csv", *args, "--exclude-purchased")
 
     def bought(table):
         return sum(
-            it in hist[c] for c, it in zip(table["customer_id"], table["item_id"], strict=True)
+            it in hist[c] and it not in again
+            for c, it in zip(table["customer_id"], table["item_id"], strict=True)
         )
 
     assert bought(plain) > 0  # otherwise this test could not tell the difference
-    assert bought(excl) == 0
-    check_ranked(excl, 10)
+    assert bought(default) == 0
+    check_ranked(default, 10)
+    pd.testing.assert_frame_equal(excl, default)  # the old flag names the default
 
 
 def test_parquet_output_matches_csv(models, tmp_path):
@@ -277,16 +297,16 @@ def test_a_failed_export_does_not_replace_the_previous_file(models, tmp_path, mo
     out = tmp_path / "r.csv"
     out.write_text("customer_id,rank,item_id,score\nprevious,1,x,1.0\n")
     b = load_bundle(models)
-    real = b.als.score
+    real = Answerer.rank_rows
     calls = []
 
-    def flaky(rows, *a, **k):
+    def flaky(self, rows, *a, **k):
         calls.append(1)
         if len(calls) == 2:
             raise MemoryError("out of memory in the second batch")
-        return real(rows, *a, **k)
+        return real(self, rows, *a, **k)
 
-    monkeypatch.setattr(b.als, "score", flaky)
+    monkeypatch.setattr(Answerer, "rank_rows", flaky)
     with pytest.raises(MemoryError):
         export_recommendations(b, out, k=3, batch_size=50)
     assert out.read_text().startswith("customer_id,rank,item_id,score\nprevious,")

@@ -362,16 +362,16 @@ def test_a_request_in_flight_finishes_on_the_version_it_started_with(versions, m
     app = create_app(ServingSettings(models_dir=models, reload_interval_s=0))
     with TestClient(app) as client:
         store = app.state.store
-        old = store.engine
+        old = store.answerer
         started, go = threading.Event(), threading.Event()
-        real = old.recommend
+        real = old.for_customer
 
         def held(*args, **kwargs):
             started.set()
             assert go.wait(TIMEOUT_S), "the test never released the request"
             return real(*args, **kwargs)
 
-        old.recommend = held  # only this engine instance waits
+        old.for_customer = held  # only this answerer instance waits
         result: dict = {}
         cid = versions.customers[0]
         t = threading.Thread(
@@ -381,7 +381,7 @@ def test_a_request_in_flight_finishes_on_the_version_it_started_with(versions, m
         )
         t.start()
         try:
-            assert started.wait(TIMEOUT_S), "the request never reached the engine"
+            assert started.wait(TIMEOUT_S), "the request never reached the answerer"
             publish(models, b)
             assert store.refresh().ok and store.version == b
             # while the old request is still held, new ones are answered by b

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from recommender.data.synthetic import generate_shop, write_shop
 from recommender.store.artifacts import current_version, list_versions
+from recommender.store.bundle import load_bundle
 from training import ranking
 from training.cli import main
 
@@ -128,7 +130,14 @@ def test_recommend_all_csv(trained, shop, tmp_path):
 
 def test_recommend_customers_file_parquet_and_exclusions(trained, shop, tmp_path):
     s, _ = shop
-    known = s.transactions["customer_id"].iloc[0]
+    # purchases are hidden except items people buy again (the API's rule): take
+    # the customer with the most purchases of other items
+    b = load_bundle(trained)
+    again = set()
+    if b.repurchase is not None:
+        again = {b.items.id(int(j)) for j in np.flatnonzero(b.repurchase.is_repurchase_item_)}
+    others = s.transactions[~s.transactions["item_id"].isin(again)]
+    known = others.groupby("customer_id")["item_id"].nunique().idxmax()
     ids = tmp_path / "ids.csv"
     ids.write_text(f"customer_id\n{known}\nnew-customer\n")
     out = tmp_path / "recs.parquet"
@@ -151,7 +160,12 @@ def test_recommend_customers_file_parquet_and_exclusions(trained, shop, tmp_path
     )
     t = pd.read_parquet(out)
     bought = set(s.transactions.loc[s.transactions["customer_id"] == known, "item_id"])
-    assert not set(t.loc[t["customer_id"] == known, "item_id"]) & bought
+    assert not set(t.loc[t["customer_id"] == known, "item_id"]) & (bought - again)
+    # with purchases shown, some of them are picked: the rule above hid something
+    assert main(["recommend", "--models-dir", str(trained), "--customers", str(ids), "-k", "10",
+                 "--include-purchased", "--out", str(out)]) == 0  # fmt: skip
+    shown = pd.read_parquet(out)
+    assert set(shown.loc[shown["customer_id"] == known, "item_id"]) & (bought - again)
     # the unknown customer gets the popular list
     assert len(t[t["customer_id"] == "new-customer"]) == 10
 

@@ -109,13 +109,57 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-publish", action="store_true", help="write the version, keep current")
 
-    r = sub.add_parser("recommend", help="write top-k picks as CSV or Parquet")
+    r = sub.add_parser(
+        "recommend",
+        help="write top-k picks as CSV or Parquet",
+        description="Write each customer's top-k picks: the ones the API's "
+        "/v1/customers/{id}/recommendations gives them under the same rules "
+        "(customers the model has not seen get popular items).",
+    )
     r.add_argument("--models-dir", default="models")
     g = r.add_mutually_exclusive_group(required=True)
     g.add_argument("--customers", help="file with a customer_id column or one id per line")
     g.add_argument("--all", action="store_true", help="every customer the model knows")
     r.add_argument("-k", type=_positive_int, default=10)
-    r.add_argument("--exclude-purchased", action="store_true")
+    r.add_argument(
+        "--category",
+        action="append",
+        metavar="NAME",
+        help="only items of this catalogue category (repeat for several)",
+    )
+    r.add_argument(
+        "--exclude-items", nargs="+", action="extend", metavar="ID", help="item ids never to show"
+    )
+    bought = r.add_mutually_exclusive_group()
+    bought.add_argument(
+        "--include-purchased",
+        dest="exclude_purchased",
+        action="store_false",
+        help="also show items a customer already bought (by default they are hidden, "
+        "except items people buy again, as the API does)",
+    )
+    bought.add_argument(
+        "--exclude-purchased",
+        dest="exclude_purchased",
+        action="store_true",
+        help="hide items a customer already bought, except repurchase items (the default)",
+    )
+    avail = r.add_mutually_exclusive_group()
+    avail.add_argument(
+        "--available-only",
+        dest="available_only",
+        action="store_const",
+        const=True,
+        help="hide items the catalogue marks unavailable (the default when it marks any)",
+    )
+    avail.add_argument(
+        "--all-items",
+        dest="available_only",
+        action="store_const",
+        const=False,
+        help="show unavailable items too",
+    )
+    r.set_defaults(exclude_purchased=True, available_only=None)
     r.add_argument("--out", default="recommendations.csv", help=".csv or .parquet")
 
     n = sub.add_parser("next-purchase", help="write each customer's next-purchase figures")
@@ -203,7 +247,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     ids = None if args.all else read_customer_list(args.customers)
     t0 = time.perf_counter()
     stats = export_recommendations(
-        bundle, args.out, customer_ids=ids, k=args.k, exclude_purchased=args.exclude_purchased
+        bundle,
+        args.out,
+        customer_ids=ids,
+        k=args.k,
+        categories=args.category,
+        exclude_items=args.exclude_items,
+        exclude_purchased=args.exclude_purchased,
+        available_only=args.available_only,
     )
     print(
         f"wrote {args.out}: {stats['personalized']:,} customers personalised, "

@@ -1,12 +1,13 @@
 """Batch exports from a published version: recommendations and next-purchase tables.
 
 Both write in blocks of customers, so a million customers never need more than
-one block of scores in memory.
+one block of scores in memory, and both answer through :mod:`recommender.answers`,
+so a customer gets the picks and dates the API gives them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recommender.answers import TIMING_COLUMNS, Answerer, AnswerError, Rules, timing_table
 from recommender.data.transactions import DataError, read_table
-from recommender.ranking.base import top_k
 from recommender.store.bundle import Bundle
 from training.ranking import ranking_workers
 
@@ -97,16 +98,33 @@ def export_recommendations(
     *,
     customer_ids: np.ndarray | None = None,
     k: int = 10,
-    exclude_purchased: bool = False,
+    categories: Sequence[str] | None = None,
+    exclude_items: Sequence[str] | None = None,
+    exclude_purchased: bool = True,
+    available_only: bool | None = None,
     batch_size: int = 65_536,
 ) -> dict[str, int]:
     """Write ``customer_id,rank,item_id,score`` for each customer.
 
-    Known customers get ALS picks from blocked matrix products
-    (:meth:`Recommender.recommend`: blocks of about 16 million scores, one
-    thread per core); customers the model has not seen get the popular items
-    (with their popularity as score). ``batch_size`` customers are written at
-    a time. Returns counts of customers by strategy.
+    The picks are the ones the API gives the same customer under the same
+    rules (:meth:`recommender.answers.Answerer.rank_rows`, with the API's
+    defaults): purchases other than repurchase items hidden, unavailable items
+    hidden when the catalogue marks any, the precomputed top-N table where it
+    has ``k`` allowed items, otherwise exact ALS scores from blocked matrix
+    products on every core. Customers the model has not seen get the popular
+    items the rules allow (with their popularity as score). ``batch_size``
+    customers are written at a time, so memory stays bounded. Returns counts
+    of customers by strategy.
+
+    Parameters
+    ----------
+    categories, exclude_items, exclude_purchased, available_only
+        The business rules, as :class:`recommender.answers.Rules` documents.
+
+    Raises
+    ------
+    ExportError
+        No ranking model, ``k`` out of range, or categories that cannot be used.
     """
     if bundle.als is None:
         raise ExportError(
@@ -115,30 +133,30 @@ def export_recommendations(
         )
     if not 1 <= k <= bundle.n_items:
         raise ExportError(f"-k must be between 1 and the number of items ({bundle.n_items})")
+    answerer = Answerer(bundle)
+    rules = Rules(
+        categories=categories,
+        exclude_items=exclude_items,
+        exclude_purchased=exclude_purchased,
+        available_only=available_only,
+    )
+    try:
+        answerer.check(rules)
+    except AnswerError as exc:
+        raise ExportError(exc.message) from None
     rows, ids = _rows_for(bundle, customer_ids)
-    pop_items, pop_scores = top_k(bundle.popularity[None, :].astype(np.float32), k)
     writer = _TableWriter(out)
     stats = {"personalized": 0, "popular": 0}
     item_ids = bundle.items.ids_
     columns = ["customer_id", "rank", "item_id", "score"]
+    workers = ranking_workers()
     try:
         for sl in _blocks(len(rows), batch_size):
             r, cid = rows[sl], ids[sl]
-            known = r >= 0
-            items = np.repeat(pop_items, len(r), axis=0)
-            scores = np.repeat(pop_scores, len(r), axis=0)
-            if known.any():
-                # blocks of about 16M scores, ranked on every core
-                it, sc = bundle.als.recommend(
-                    r[known],
-                    bundle.history,
-                    k,
-                    exclude_seen=exclude_purchased,
-                    workers=ranking_workers(),
-                )
-                items[known], scores[known] = it, sc
-            stats["personalized"] += int(known.sum())
-            stats["popular"] += int((~known).sum())
+            ranked = answerer.rank_rows(r, k, rules, workers=workers)
+            stats["personalized"] += int(ranked.personalized.sum())
+            stats["popular"] += int((~ranked.personalized).sum())
+            items, scores = ranked.items, ranked.scores
             valid = items >= 0
             n = len(r)
             frame = pd.DataFrame(
@@ -167,9 +185,11 @@ def export_next_purchase(
 ) -> dict[str, int]:
     """Write one row per customer with the timing model's figures for the horizon.
 
-    Columns: customer_id, p_active, expected_purchases, p_purchase,
-    median_days_to_next, next_purchase_date (empty where the customer has most
-    likely churned, so no date is meaningful).
+    The table is :func:`recommender.answers.timing_table`'s, the one the API's
+    next-purchase answers come from. Columns: customer_id, p_active,
+    expected_purchases, p_purchase, median_days_to_next, next_purchase_date
+    (empty where the customer has most likely churned, so no date is
+    meaningful). Ids the model does not know are skipped.
     """
     if bundle.timing is None:
         raise ExportError("this model version has no next-purchase model")
@@ -178,39 +198,12 @@ def export_next_purchase(
     rows, ids = _rows_for(bundle, customer_ids)
     unknown = int((rows < 0).sum())
     rows, ids = rows[rows >= 0], ids[rows >= 0]
-    as_of = pd.Timestamp(bundle.manifest["as_of"])
     writer = _TableWriter(out)
-    columns = [
-        "customer_id",
-        "p_active",
-        "expected_purchases",
-        "p_purchase",
-        "median_days_to_next",
-        "next_purchase_date",
-    ]
     try:
         for sl in _blocks(len(rows), batch_size):
-            pred = bundle.timing.predict(horizon_days, rows[sl])
-            med = np.asarray(pred["median_days_to_next"], dtype=np.float64)
-            finite = np.isfinite(med)
-            dates = np.full(len(med), "", dtype=object)
-            if finite.any():
-                d = as_of + pd.to_timedelta(np.ceil(med[finite]), unit="D")
-                dates[finite] = (d - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-            writer.write(
-                pd.DataFrame(
-                    {
-                        "customer_id": ids[sl],
-                        "p_active": np.round(pred["p_active"], 6),
-                        "expected_purchases": np.round(pred["expected_purchases"], 6),
-                        "p_purchase": np.round(pred["p_purchase"], 6),
-                        "median_days_to_next": np.where(finite, np.round(med, 2), np.nan),
-                        "next_purchase_date": dates,
-                    }
-                )
-            )
+            writer.write(timing_table(bundle, rows[sl], horizon_days, customer_ids=ids[sl]))
     except BaseException:
         writer.abort()
         raise
-    writer.close(columns)
+    writer.close(TIMING_COLUMNS)
     return {"customers": int(len(rows)), "unknown": unknown}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
-from serving.deps import EngineDep
-from serving.engine import Engine, EngineError
+from recommender.answers import Answerer, due_table, timing_table
+from serving.deps import AnswererDep
 from serving.schemas import (
     ID_PATTERN,
     BuyAgain,
@@ -18,6 +20,7 @@ from serving.schemas import (
     DueCustomers,
     Error,
     NextPurchase,
+    item_fields,
 )
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
@@ -30,11 +33,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 CustomerId = Annotated[str, Path(pattern=ID_PATTERN, max_length=256)]
 
 
-def _row(engine: Engine, customer_id: str) -> int:
-    row = engine.customer_row(customer_id)
+def _row(answerer: Answerer, customer_id: str) -> int:
+    row = answerer.bundle.customers.row(customer_id)
     if row is None:
         raise HTTPException(
-            404, f"customer {customer_id!r} is not in model version {engine.bundle.version}"
+            404, f"customer {customer_id!r} is not in model version {answerer.bundle.version}"
         )
     return row
 
@@ -52,7 +55,7 @@ def _row(engine: Engine, customer_id: str) -> int:
     summary="Customers due to buy (for campaigns)",
 )
 def due_customers(
-    engine: EngineDep,
+    answerer: AnswererDep,
     within_days: Annotated[float, Query(gt=0, le=3650)] = 30.0,
     min_probability: Annotated[float, Query(ge=0, le=1)] = 0.5,
     limit: Annotated[int, Query(ge=1, le=1_000_000)] = 10_000,
@@ -60,19 +63,14 @@ def due_customers(
 ) -> Response:
     """Customers whose probability of buying within ``within_days`` is at least
     ``min_probability``, most likely first; CSV download or JSON."""
-    try:
-        table = engine.due_customers(within_days, min_probability, limit)
-    except EngineError as exc:
-        raise HTTPException(exc.status, exc.message) from None
+    table = due_table(answerer.bundle, within_days, min_probability, limit)
     if format == "json":
         rows = table.replace({np.nan: None}).to_dict(orient="records")
         for row in rows:  # no date is null, as in next-purchase (CSV leaves it empty)
             if row.get("next_purchase_date") == "":
                 row["next_purchase_date"] = None
-        import json
-
         return Response(
-            json.dumps({"model_version": engine.bundle.version, "customers": rows}),
+            json.dumps({"model_version": answerer.bundle.version, "customers": rows}),
             media_type="application/json",
         )
     buf = io.StringIO()
@@ -92,22 +90,18 @@ def due_customers(
     summary="Repurchase items due for this customer",
 )
 def buy_again(
-    engine: EngineDep,
+    answerer: AnswererDep,
     customer_id: CustomerId,
     within_days: Annotated[float, Query(gt=0, le=3650)] = 30.0,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
 ) -> BuyAgain:
-    row = _row(engine, customer_id)
-    try:
-        rows = engine.buy_again(row, within_days, k)
-    except EngineError as exc:
-        raise HTTPException(exc.status, exc.message) from None
+    row = _row(answerer, customer_id)
     items = []
-    for d in rows:
+    for d in answerer.buy_again(row, within_days, k):
         cyc = float(d["cycle_days"])
         items.append(
             BuyAgainItem(
-                **engine.item_info(int(d["item_row"])),
+                **item_fields(answerer.bundle, int(d["item_row"])),
                 probability=float(d["probability"]),
                 cycle_days=cyc if np.isfinite(cyc) else None,
                 days_since_last=float(d["days_since_last"]),
@@ -117,7 +111,7 @@ def buy_again(
     return BuyAgain(
         customer_id=customer_id,
         within_days=within_days,
-        model_version=engine.bundle.version,
+        model_version=answerer.bundle.version,
         items=items,
     )
 
@@ -129,20 +123,28 @@ def buy_again(
     summary="When will this customer buy again",
 )
 def next_purchase(
-    engine: EngineDep,
+    answerer: AnswererDep,
     customer_id: CustomerId,
     horizon_days: Annotated[float, Query(gt=0, le=3650)] = 30.0,
 ) -> NextPurchase:
-    row = _row(engine, customer_id)
-    try:
-        out = engine.next_purchase(row, horizon_days)
-    except EngineError as exc:
-        raise HTTPException(exc.status, exc.message) from None
-    as_of = engine.as_of - __import__("pandas").Timedelta(days=1)
+    row = _row(answerer, customer_id)
+    t = timing_table(answerer.bundle, np.array([row]), horizon_days, rounded=False).iloc[0]
+    med = float(t["median_days_to_next"])
+    date = str(t["next_purchase_date"]) or None
     return NextPurchase(
         customer_id=customer_id,
         horizon_days=horizon_days,
-        as_of=as_of.date().isoformat(),
-        model_version=engine.bundle.version,
-        **out,
+        as_of=(answerer.as_of - pd.Timedelta(days=1)).date().isoformat(),
+        model_version=answerer.bundle.version,
+        p_active=float(t["p_active"]),
+        expected_purchases=float(t["expected_purchases"]),
+        p_purchase=float(t["p_purchase"]),
+        median_days_to_next=med if np.isfinite(med) else None,
+        next_purchase_date=date,
+        note=None
+        if date
+        else (
+            "no date: this customer has most likely stopped buying, or the next purchase "
+            "is more than a year away"
+        ),
     )

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
-from serving.deps import EngineDep
-from serving.engine import Engine, EngineError, Filters, Pick
+from recommender.answers import Answer, Answerer, Rules
+from serving.deps import AnswererDep
 from serving.schemas import (
     ID_PATTERN,
     BatchRequest,
@@ -16,6 +16,7 @@ from serving.schemas import (
     Recommendation,
     Recommendations,
     RecommendRequest,
+    item_fields,
 )
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
@@ -26,15 +27,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def to_items(engine: Engine, picks: list[Pick]) -> list[Recommendation]:
-    return [
-        Recommendation(rank=i + 1, score=p.score, reason=p.reason, **engine.item_info(p.item_row))
-        for i, p in enumerate(picks)
-    ]
-
-
-def _raise(exc: EngineError) -> None:
-    raise HTTPException(status_code=exc.status, detail=exc.message)
+def _response(answerer: Answerer, customer_id: str | None, answer: Answer) -> Recommendations:
+    bundle = answerer.bundle
+    return Recommendations(
+        customer_id=customer_id,
+        strategy=answer.strategy,
+        model_version=bundle.version,
+        items=[
+            Recommendation(
+                rank=i + 1, score=p.score, reason=p.reason, **item_fields(bundle, p.item_row)
+            )
+            for i, p in enumerate(answer.picks)
+        ],
+        ignored_items=answer.ignored,
+    )
 
 
 @router.get(
@@ -44,7 +50,7 @@ def _raise(exc: EngineError) -> None:
     summary="Guess you like: top-k picks for a customer",
 )
 def customer_recommendations(
-    engine: EngineDep,
+    answerer: AnswererDep,
     customer_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=256)],
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     category: Annotated[list[str] | None, Query(max_length=50)] = None,
@@ -54,17 +60,8 @@ def customer_recommendations(
 ) -> Recommendations:
     """Never a 404: customers the model has not seen get popular items, and the
     response says which strategy answered."""
-    f = Filters(category, exclude_items, exclude_purchased, available_only)
-    try:
-        strategy, picks, _ = engine.recommend(customer_id, None, k, f)
-    except EngineError as exc:
-        _raise(exc)
-    return Recommendations(
-        customer_id=customer_id,
-        strategy=strategy,  # type: ignore[arg-type]
-        model_version=engine.bundle.version,
-        items=to_items(engine, picks),
-    )
+    rules = Rules(category, exclude_items, exclude_purchased, available_only)
+    return _response(answerer, customer_id, answerer.for_customer(customer_id, k, rules))
 
 
 @router.post(
@@ -73,21 +70,12 @@ def customer_recommendations(
     responses=ERRORS,
     summary="Picks from recent items (new or just-active customers)",
 )
-def recommendations_from_recent(engine: EngineDep, body: RecommendRequest) -> Recommendations:
+def recommendations_from_recent(answerer: AnswererDep, body: RecommendRequest) -> Recommendations:
     """Recent item ids are folded into the ALS model (the same least-squares
     step a refit would take); unknown ids are ignored and listed."""
-    f = Filters(body.category, body.exclude_items, body.exclude_purchased, body.available_only)
-    try:
-        strategy, picks, ignored = engine.recommend(body.customer_id, body.recent_items, body.k, f)
-    except EngineError as exc:
-        _raise(exc)
-    return Recommendations(
-        customer_id=body.customer_id,
-        strategy=strategy,  # type: ignore[arg-type]
-        model_version=engine.bundle.version,
-        items=to_items(engine, picks),
-        ignored_items=ignored,
-    )
+    rules = Rules(body.category, body.exclude_items, body.exclude_purchased, body.available_only)
+    answer = answerer.for_recent(body.recent_items, body.k, rules, customer_id=body.customer_id)
+    return _response(answerer, body.customer_id, answer)
 
 
 @router.post(
@@ -96,24 +84,17 @@ def recommendations_from_recent(engine: EngineDep, body: RecommendRequest) -> Re
     responses=ERRORS,
     summary="Picks for up to 1,000 customers in one call",
 )
-def batch_recommendations(engine: EngineDep, body: BatchRequest, request: Request) -> BatchResponse:
+def batch_recommendations(
+    answerer: AnswererDep, body: BatchRequest, request: Request
+) -> BatchResponse:
     limit = request.app.state.settings.max_batch
     if len(body.customer_ids) > limit:
         raise HTTPException(422, f"at most {limit} customers per batch")
-    f = Filters(body.category, body.exclude_items, body.exclude_purchased, body.available_only)
-    try:
-        results = engine.recommend_batch(body.customer_ids, body.k, f)
-    except EngineError as exc:
-        _raise(exc)
+    rules = Rules(body.category, body.exclude_items, body.exclude_purchased, body.available_only)
+    answers = answerer.for_ids(body.customer_ids, body.k, rules)
     return BatchResponse(
-        model_version=engine.bundle.version,
+        model_version=answerer.bundle.version,
         results=[
-            Recommendations(
-                customer_id=cid,
-                strategy=strategy,  # type: ignore[arg-type]
-                model_version=engine.bundle.version,
-                items=to_items(engine, picks),
-            )
-            for cid, (strategy, picks) in zip(body.customer_ids, results, strict=True)
+            _response(answerer, cid, a) for cid, a in zip(body.customer_ids, answers, strict=True)
         ],
     )

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from serving.deps import EngineDep, StoreDep
+from serving.deps import AnswererDep, StoreDep
 from serving.schemas import Error, Health, ModelInfo
 
 router = APIRouter(tags=["system"])
@@ -22,10 +22,10 @@ router = APIRouter(tags=["system"])
     responses={503: {"model": Error}},
     summary="The served model version, its data and its measured quality",
 )
-def model_info(engine: EngineDep, store: StoreDep) -> ModelInfo:
-    m = engine.bundle.manifest
+def model_info(answerer: AnswererDep, store: StoreDep) -> ModelInfo:
+    m = answerer.bundle.manifest
     return ModelInfo(
-        version=engine.bundle.version,
+        version=answerer.bundle.version,
         created_at=m.get("created_at"),
         as_of=m.get("as_of"),
         components=m.get("components", {}),
@@ -48,7 +48,7 @@ def healthz() -> Health:
     summary="A model is loaded and queries can be answered",
 )
 def readyz(store: StoreDep) -> Response:
-    if store.engine is None:
+    if store.answerer is None:
         return JSONResponse(
             status_code=503,
             content=Health(

@@ -1,0 +1,825 @@
+"""What a customer should see, and when they will buy: the one place that decides.
+
+Every surface that answers "what should this customer see" (the API's single,
+recent-items and batch routes, and the batch export behind ``encore
+recommend``) goes through an :class:`Answerer` built on one loaded
+:class:`~recommender.store.bundle.Bundle`, with the business :class:`Rules` of
+the question. Every surface that answers "when will they buy" (the API's
+next-purchase route and due list, and ``encore next-purchase``) goes through
+:func:`timing_table` or :func:`due_table`, so a date has one rule
+(:func:`purchase_dates`).
+
+The rules, in the order they apply:
+
+* items outside the asked categories, the excluded items and (by default,
+  when the catalogue marks any item unavailable) unavailable items are never
+  shown;
+* with ``exclude_purchased`` (the default) a known customer's past purchases
+  are hidden, except items the buy-again model treats as repurchase items;
+* a known customer is ranked from the precomputed top-N table when it holds
+  ``k`` allowed items, else by exact ALS scores (the pruned exact search of
+  :class:`~recommender.ranking.als_search.NormOrderedSearch` for a single
+  customer of a large catalogue, blocked matrix products otherwise), ties to
+  the lower item row;
+* customers the model has not seen (and every customer of a version without a
+  ranking model) get the popular items allowed to them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from recommender.ranking.als_search import PRUNE_MIN_ITEMS, NormOrderedSearch
+from recommender.ranking.base import in_sorted, scratch_block, top_k
+from recommender.store.bundle import Bundle
+
+Strategy = Literal["personalized", "folded_in", "popular"]
+ErrorKind = Literal["bad_request", "unavailable"]
+
+
+class AnswerError(Exception):
+    """A question this model version cannot answer.
+
+    Parameters
+    ----------
+    kind
+        ``"bad_request"``: the question itself is wrong (an unknown category,
+        or categories asked of a model without any). ``"unavailable"``: the
+        version lacks the model the question needs (ranking, timing or
+        buy-again).
+    message
+        What went wrong, in words a caller can show as is.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The business rules of a recommendations question.
+
+    Attributes
+    ----------
+    categories
+        Show only items of these catalogue categories (``None`` or empty: all).
+        An unknown name is an :class:`AnswerError` of kind ``"bad_request"``.
+    exclude_items
+        Item ids never to show; ids the model does not know are ignored.
+    exclude_purchased
+        Hide what a known customer already bought, except repurchase items
+        (those the buy-again model expects to be bought again).
+    available_only
+        Hide items the catalogue marks unavailable. ``None`` means "yes when
+        the catalogue marks any item unavailable".
+    """
+
+    categories: Sequence[str] | None = None
+    exclude_items: Sequence[str] | None = None
+    exclude_purchased: bool = True
+    available_only: bool | None = None
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One recommended item.
+
+    Attributes
+    ----------
+    item_row
+        The item's row in the bundle's item index.
+    score
+        The ranking score (the ALS score, or the popularity for popular picks).
+    reason
+        Why it is shown: "due to rebuy", "similar to X", "matches your taste",
+        "popular in C" or "popular right now".
+    """
+
+    item_row: int
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The picks for one customer and how they were chosen.
+
+    Attributes
+    ----------
+    strategy
+        ``"personalized"`` (a known customer ranked by the model),
+        ``"folded_in"`` (ranked from recent items) or ``"popular"``.
+    picks
+        Best first; fewer than asked when the rules allow fewer items.
+    ignored
+        Recent item ids the model does not know (only for recent-item questions).
+    """
+
+    strategy: Strategy
+    picks: list[Pick]
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RankedRows:
+    """Picks for many customer rows at once, as arrays (no reasons).
+
+    Attributes
+    ----------
+    items
+        ``(n, k)`` item rows, int32, best first, ``-1`` after the last pick.
+    scores
+        ``(n, k)`` float32 scores aligned with ``items`` (``-inf`` where none).
+    personalized
+        ``(n,)`` bool: ranked by the model (else popular items).
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    personalized: np.ndarray
+
+
+class Answerer:
+    """The answering rules over one bundle, with what they need precomputed once.
+
+    Parameters
+    ----------
+    bundle
+        A loaded version; it is read, never changed.
+    due_days
+        Horizon of the buy-again probability behind the "due to rebuy" reason.
+    prune_min_items
+        Catalogues with at least this many items rank a single customer with
+        the pruned exact search (default
+        :data:`~recommender.ranking.als_search.PRUNE_MIN_ITEMS`).
+    prune_first_block
+        Items the pruned search scores before it first tries its bound.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        due_days: float = 30.0,
+        prune_min_items: int | None = None,
+        prune_first_block: int = 1024,
+    ) -> None:
+        self.bundle = bundle
+        self.due_days = due_days
+        cat = bundle.catalog
+        self.categories: dict[str, np.ndarray] = {}
+        if cat.has_categories:
+            frame = pd.DataFrame({"c": cat.category, "i": np.arange(bundle.n_items)})
+            for name, grp in frame.groupby("c", sort=True):
+                if name:
+                    self.categories[str(name)] = grp["i"].to_numpy()
+        self.any_unavailable = bool((~cat.available).any())
+        self.popular_order = np.argsort(-bundle.popularity, kind="stable")
+        rep = bundle.repurchase
+        self.repurchase_items = (
+            np.asarray(rep.is_repurchase_item_, dtype=bool)
+            if rep is not None
+            else np.zeros(bundle.n_items, dtype=bool)
+        )
+        self.as_of = pd.Timestamp(bundle.manifest.get("as_of"))
+        min_items = PRUNE_MIN_ITEMS if prune_min_items is None else prune_min_items
+        als = bundle.als
+        self.search: NormOrderedSearch | None = None
+        if als is not None and als.item_factors_ is not None and bundle.n_items >= min_items:
+            self.search = NormOrderedSearch(als, first_block=prune_first_block)
+
+    # -- rules -------------------------------------------------------------------
+    def label(self, row: int) -> str:
+        """How an item is named in a reason: its title, else its id."""
+        title = str(self.bundle.catalog.title[row])
+        return title or self.bundle.items.id(row)
+
+    def check(self, rules: Rules) -> None:
+        """Raise :class:`AnswerError` (``"bad_request"``) for categories that cannot be used."""
+        if not rules.categories:
+            return
+        if not self.categories:
+            raise AnswerError(
+                "bad_request", "this model has no item categories (train with a catalog)"
+            )
+        unknown = [c for c in rules.categories if c not in self.categories]
+        if unknown:
+            known = ", ".join(sorted(self.categories)[:12])
+            raise AnswerError(
+                "bad_request",
+                f"unknown category {unknown[0]!r}; known categories include: {known}",
+            )
+
+    def allowed(self, rules: Rules) -> np.ndarray:
+        """Items any customer may be shown under ``rules`` (before their own history).
+
+        Raises
+        ------
+        AnswerError
+            For categories that cannot be used (see :meth:`check`).
+        """
+        self.check(rules)
+        mask = np.ones(self.bundle.n_items, dtype=bool)
+        if rules.categories:
+            mask[:] = False
+            for c in rules.categories:
+                mask[self.categories[c]] = True
+        available_only = (
+            self.any_unavailable if rules.available_only is None else rules.available_only
+        )
+        if available_only:
+            mask &= self.bundle.catalog.available
+        for item in rules.exclude_items or []:
+            row = self.bundle.items.row(item)
+            if row is not None:
+                mask[row] = False
+        return mask
+
+    def history(self, row: int) -> np.ndarray:
+        """Item rows a known customer bought."""
+        h = self.bundle.history
+        return h.indices[h.indptr[row] : h.indptr[row + 1]]
+
+    def _hidden(self, rows: np.ndarray, rules: Rules) -> tuple[np.ndarray, np.ndarray]:
+        """Purchases hidden from each of ``rows``: ``(position in rows, item row)`` pairs.
+
+        Everything bought except repurchase items, when ``rules.exclude_purchased``.
+        """
+        if not rules.exclude_purchased or len(rows) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        h = self.bundle.history
+        starts, counts = h.indptr[rows], h.indptr[rows + 1] - h.indptr[rows]
+        pos = np.repeat(np.arange(len(rows)), counts)
+        offsets = np.cumsum(counts) - counts
+        items = h.indices[np.arange(pos.size) - np.repeat(offsets - starts, counts)]
+        keep = ~self.repurchase_items[items]
+        return pos[keep], items[keep].astype(np.int64)
+
+    # -- ranking -------------------------------------------------------------------
+    def _popular(self, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most popular allowed items (ties to the lower row) and their popularity."""
+        order = self.popular_order[allowed[self.popular_order]][:k]
+        return order, self.bundle.popularity[order].astype(np.float32)
+
+    def _from_table(
+        self, rows: np.ndarray, allowed: np.ndarray, hidden: tuple[np.ndarray, np.ndarray], k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Answers the precomputed top-N table already holds.
+
+        Returns ``(answered, items, scores)``: a mask over ``rows`` of those
+        whose table row has at least ``k`` allowed items, and the first ``k``
+        of them (in table order) for each answered row.
+        """
+        table, table_scores = self.bundle.topn_items, self.bundle.topn_scores
+        none = np.zeros(len(rows), dtype=bool)
+        if table is None or table_scores is None or k > table.shape[1]:
+            return none, np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+        cand = table[rows]
+        ok = allowed[cand]  # -1 (no item) reads the last item's flag, then is cleared
+        ok &= cand >= 0
+        pos, items = hidden
+        if pos.size:
+            n_items = self.bundle.n_items
+            keys = np.sort(pos * n_items + items)
+            place = np.arange(len(rows))[:, None] * n_items + cand
+            ok &= ~in_sorted(place, keys)
+        answered = ok.sum(axis=1) >= k
+        if not answered.any():
+            return answered, np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+        ok = ok[answered]
+        ok &= np.cumsum(ok, axis=1) <= k
+        return (
+            answered,
+            cand[answered][ok].reshape(-1, k).astype(np.int32),
+            table_scores[rows[answered]][ok].reshape(-1, k).astype(np.float32),
+        )
+
+    def _rank_one(
+        self, row: int, allowed: np.ndarray, rules: Rules, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_rank_known` of one customer with ``pruned``, on 1-d arrays.
+
+        The same rule step by step (the table when it holds ``k`` allowed items,
+        else the pruned search or exact scores), without the bookkeeping of a
+        block, which would cost a request more than its table lookup;
+        ``tests/test_answers.py`` holds the two paths to the same picks.
+        """
+        als = self.bundle.als
+        assert als is not None and als.user_factors_ is not None
+        hidden = self.history(row)
+        if rules.exclude_purchased:
+            hidden = hidden[~self.repurchase_items[hidden]]
+        else:
+            hidden = hidden[:0]
+        table, table_scores = self.bundle.topn_items, self.bundle.topn_scores
+        if table is not None and table_scores is not None and k <= table.shape[1]:
+            cand = table[row]
+            ok = allowed[cand]  # -1 (no item) reads the last item's flag, then is cleared
+            ok &= cand >= 0
+            if hidden.size:
+                ok &= ~in_sorted(cand, np.sort(hidden))
+            pos = np.flatnonzero(ok)
+            if len(pos) >= k:
+                pos = pos[:k]
+                return cand[pos], table_scores[row][pos]
+        if hidden.size:
+            allowed = allowed.copy()
+            allowed[hidden] = False
+        if self.search is not None:
+            return self.search.top_k(als.user_factors_[row], allowed, k)
+        scores = als.score(np.array([row]))
+        if not allowed.all():
+            np.copyto(scores, np.float32(-np.inf), where=~allowed)
+        items, top = top_k(scores, k)
+        return items[0], top[0]
+
+    def _rank_known(
+        self,
+        rows: np.ndarray,
+        allowed: np.ndarray,
+        rules: Rules,
+        k: int,
+        *,
+        pruned: bool,
+        scratch: threading.local | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of known customers ``rows`` under ``rules``: items and scores.
+
+        ``k`` is at most the number of items. Rows the top-N table cannot answer
+        are scored exactly: one at a time by the pruned search when ``pruned``
+        and the catalogue is large, else by one matrix product for the block.
+        """
+        als = self.bundle.als
+        assert als is not None and als.user_factors_ is not None
+        out_items = np.full((len(rows), k), -1, dtype=np.int32)
+        out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        pos, hidden = self._hidden(rows, rules)
+        answered, t_items, t_scores = self._from_table(rows, allowed, (pos, hidden), k)
+        out_items[answered], out_scores[answered] = t_items, t_scores
+        todo = np.flatnonzero(~answered)
+        if todo.size == 0:
+            return out_items, out_scores
+        if pruned and self.search is not None:
+            bounds = np.searchsorted(pos, np.arange(len(rows) + 1))  # pos is sorted
+            for i in todo:
+                a = allowed.copy()
+                a[hidden[bounds[i] : bounds[i + 1]]] = False
+                it, sc = self.search.top_k(als.user_factors_[rows[i]], a, k)
+                out_items[i, : len(it)], out_scores[i, : len(sc)] = it, sc
+            return out_items, out_scores
+        n_items = self.bundle.n_items
+        out = None if scratch is None else scratch_block(scratch, len(todo), n_items)
+        scores = als.score(rows[todo], out=out)
+        if not allowed.all():
+            np.copyto(scores, np.float32(-np.inf), where=~allowed)
+        if pos.size:
+            at = np.full(len(rows), -1, dtype=np.int64)
+            at[todo] = np.arange(len(todo))
+            keep = at[pos] >= 0
+            scores[at[pos[keep]], hidden[keep]] = -np.inf
+        out_items[todo], out_scores[todo] = top_k(scores, k)
+        return out_items, out_scores
+
+    def rank_rows(
+        self,
+        rows: np.ndarray,
+        k: int,
+        rules: Rules = Rules(),  # noqa: B008 - frozen, so one shared default is safe
+        *,
+        workers: int = 1,
+        batch_size: int | None = None,
+        pruned: bool = False,
+    ) -> RankedRows:
+        """Picks for many customer rows (``-1`` for customers the model has not seen).
+
+        The picks are those :meth:`for_customer` gives each customer, without
+        reasons. Known customers are ranked in blocks of ``batch_size`` (default:
+        as many as keep a block of scores near 16 million entries), ``workers``
+        blocks side by side with BLAS held to one thread each (as
+        :meth:`~recommender.ranking.base.Recommender.recommend` does), so memory
+        stays bounded however many rows are asked for. With ``pruned``, rows the
+        top-N table cannot answer are ranked one by one with the pruned search on
+        large catalogues (what a single request does; for at most a few thousand
+        customers).
+
+        Parameters
+        ----------
+        rows
+            Customer rows; negative for unknown customers.
+        k
+            Picks per customer (at most the number of items).
+        rules
+            The business rules.
+
+        Returns
+        -------
+        RankedRows
+            Items and scores, shape ``(len(rows), min(k, n_items))``.
+
+        Raises
+        ------
+        AnswerError
+            For categories that cannot be used.
+        """
+        allowed = self.allowed(rules)
+        rows = np.asarray(rows, dtype=np.int64)
+        k = min(int(k), self.bundle.n_items)
+        items = np.full((len(rows), k), -1, dtype=np.int32)
+        scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        known = rows >= 0
+        pop_items, pop_scores = self._popular(allowed, k)
+        items[~known, : len(pop_items)] = pop_items
+        scores[~known, : len(pop_scores)] = pop_scores
+        at = np.flatnonzero(known)
+        if self.bundle.als is None:
+            # no ranking model: known customers get popular items minus their purchases
+            for i in at:
+                pos, hidden = self._hidden(rows[i : i + 1], rules)
+                a = allowed.copy()
+                a[hidden] = False
+                it, sc = self._popular(a, k)
+                items[i, : len(it)], scores[i, : len(sc)] = it, sc
+            return RankedRows(items, scores, np.zeros(len(rows), dtype=bool))
+        if batch_size is None:
+            batch_size = int(np.clip(16_000_000 // max(self.bundle.n_items, 1), 16, 4096))
+        scratch = threading.local()  # per thread, for this call only
+
+        def rank(start: int) -> None:
+            block = at[start : start + batch_size]
+            it, sc = self._rank_known(
+                rows[block], allowed, rules, k, pruned=pruned, scratch=scratch
+            )
+            items[block], scores[block] = it, sc
+
+        starts = list(range(0, len(at), batch_size))
+        if workers > 1 and len(starts) > 1:
+            from threadpoolctl import threadpool_limits
+
+            # BLAS threads inside each worker would oversubscribe the cores
+            with threadpool_limits(1, "blas"), ThreadPoolExecutor(workers) as pool:
+                list(pool.map(rank, starts))
+        else:
+            for start in starts:
+                rank(start)
+        return RankedRows(items, scores, known)
+
+    # -- reasons -------------------------------------------------------------------
+    def due_items(self, row: int) -> set[int]:
+        """Items the buy-again model expects this customer to rebuy (p >= 0.5) soon."""
+        rep = self.bundle.repurchase
+        if rep is None:
+            return set()
+        return {
+            int(d["item_row"])
+            for d in rep.buy_again(row, self.due_days, k=50)
+            if d["probability"] >= 0.5
+        }
+
+    def explain(
+        self,
+        strategy: Strategy,
+        items: np.ndarray,
+        scores: np.ndarray,
+        *,
+        basis: np.ndarray | None = None,
+        due: set[int] | None = None,
+    ) -> list[Pick]:
+        """Picks with their reasons: the one place a reason is worded.
+
+        Parameters
+        ----------
+        strategy
+            How the items were chosen; popular picks say "popular in C".
+        items, scores
+            The picks, best first (``-1`` entries are dropped).
+        basis
+            Items the customer bought or looked at; a model pick is "similar
+            to" the one of them closest in factor space.
+        due
+            Item rows due to be rebought ("due to rebuy" wins over the rest).
+        """
+        keep = np.asarray(items) >= 0
+        rows = np.asarray(items)[keep].astype(np.int64)
+        values: list[float] = np.asarray(scores, dtype=np.float64)[keep].tolist()
+        if strategy == "popular":
+            out = []
+            for r, s in zip(rows.tolist(), values, strict=True):
+                cat = str(self.bundle.catalog.category[r])
+                reason = f"popular in {cat}" if cat else "popular right now"
+                out.append(Pick(r, s, reason))
+            return out
+        due = due or set()
+        als = self.bundle.als
+        best: list[int] | None = None
+        if als is not None and basis is not None and basis.size and rows.size:
+            f = als.item_factors_
+            assert f is not None
+            norms = als.item_norms()
+            sims = (f[rows] @ f[basis].T) / (norms[rows][:, None] * norms[basis][None, :])
+            sims[rows[:, None] == basis[None, :]] = -np.inf  # "similar to itself" says nothing
+            best = basis[np.argmax(sims, axis=1)].tolist()
+        picks = []
+        for j, (r, s) in enumerate(zip(rows.tolist(), values, strict=True)):
+            if r in due:
+                reason = "due to rebuy"
+            elif best is not None and best[j] != r:
+                reason = f"similar to {self.label(best[j])}"
+            else:
+                reason = "matches your taste"
+            picks.append(Pick(r, s, reason))
+        return picks
+
+    # -- questions -------------------------------------------------------------------
+    def _personal(self, row: int, items: np.ndarray, scores: np.ndarray) -> Answer:
+        picks = self.explain(
+            "personalized", items, scores, basis=self.history(row), due=self.due_items(row)
+        )
+        return Answer("personalized", picks)
+
+    def for_customer(
+        self,
+        customer_id: str | None,
+        k: int,
+        rules: Rules = Rules(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> Answer:
+        """Picks for one customer; unknown (or no) customers get popular items.
+
+        Raises
+        ------
+        AnswerError
+            For categories that cannot be used.
+        """
+        row = self.bundle.customers.row(customer_id) if customer_id else None
+        allowed = self.allowed(rules)
+        k = min(int(k), self.bundle.n_items)
+        if row is not None and self.bundle.als is not None:
+            items, scores = self._rank_one(row, allowed, rules, k)
+            return self._personal(row, items, scores)
+        if row is not None:
+            allowed[self._hidden(np.array([row]), rules)[1]] = False
+        it, sc = self._popular(allowed, k)
+        return Answer("popular", self.explain("popular", it, sc))
+
+    def for_recent(
+        self,
+        recent: Sequence[str],
+        k: int,
+        rules: Rules = Rules(),  # noqa: B008 - frozen, so one shared default is safe
+        *,
+        customer_id: str | None = None,
+    ) -> Answer:
+        """Picks from items just bought or viewed, folded into the ALS model.
+
+        The recent items (with a known customer's history) are folded in by the
+        least-squares step a refit would take; with ``exclude_purchased`` the
+        recent items themselves are hidden too. Unknown item ids are ignored and
+        listed; with none known this is :meth:`for_customer`.
+
+        Raises
+        ------
+        AnswerError
+            For categories that cannot be used.
+        """
+        self.check(rules)
+        ignored: list[str] = []
+        recent_rows: list[int] = []
+        for item in recent:
+            r = self.bundle.items.row(item)
+            if r is None:
+                ignored.append(item)
+            else:
+                recent_rows.append(r)
+        als = self.bundle.als
+        if not recent_rows or als is None:
+            a = self.for_customer(customer_id, k, rules)
+            return Answer(a.strategy, a.picks, ignored)
+        row = self.bundle.customers.row(customer_id) if customer_id else None
+        hist = self.history(row) if row is not None else np.empty(0, np.int32)
+        bought = np.concatenate([hist, np.array(recent_rows)]).astype(np.int64)
+        counts = np.bincount(bought, minlength=self.bundle.n_items)
+        basis = np.flatnonzero(counts)
+        x = als.fold_in(basis, counts[basis].astype(np.float64))
+        allowed = self.allowed(rules)
+        if rules.exclude_purchased:
+            allowed[basis[~self.repurchase_items[basis]]] = False
+            allowed[recent_rows] = False  # just seen or bought: nothing to discover there
+        k = min(int(k), self.bundle.n_items)
+        if self.search is None:
+            assert als.item_factors_ is not None
+            s = np.where(allowed, als.item_factors_ @ x, np.float32(-np.inf))
+            items, top = top_k(s.astype(np.float32, copy=False)[None, :], k)
+            items, top = items[0], top[0]
+        else:
+            items, top = self.search.top_k(x, allowed, k)
+        return Answer("folded_in", self.explain("folded_in", items, top, basis=basis), ignored)
+
+    def for_ids(
+        self,
+        customer_ids: Sequence[str],
+        k: int,
+        rules: Rules = Rules(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> list[Answer]:
+        """:meth:`for_customer` for each id, in order, ranked together.
+
+        Large catalogues rank each customer with the pruned search instead of a
+        customers x items matrix (1,000 x 100,000 scores would be 400 MB).
+
+        Raises
+        ------
+        AnswerError
+            For categories that cannot be used.
+        """
+        rows = self.bundle.customers.rows(list(customer_ids))
+        ranked = self.rank_rows(rows, k, rules, pruned=True)
+        return [
+            self._personal(int(r), ranked.items[i], ranked.scores[i])
+            if ranked.personalized[i]
+            else Answer("popular", self.explain("popular", ranked.items[i], ranked.scores[i]))
+            for i, r in enumerate(rows)
+        ]
+
+    # -- items and timing -------------------------------------------------------------
+    def similar(self, item_row: int, k: int) -> list[tuple[int, float]]:
+        """Items closest to ``item_row`` in factor space, with their cosine similarity."""
+        als = self.bundle.als
+        if als is None:
+            raise AnswerError(
+                "unavailable", "this model version has no ranking model, so no similar items"
+            )
+        items, sims = als.similar_items(item_row, k)
+        return [(int(i), float(s)) for i, s in zip(items, sims, strict=True)]
+
+    def buy_again(self, row: int, within_days: float, k: int) -> list[dict[str, Any]]:
+        """The buy-again model's items for a known customer, most likely first."""
+        rep = self.bundle.repurchase
+        if rep is None:
+            raise AnswerError(
+                "unavailable",
+                "this model version has no buy-again model (no item is rebought often enough)",
+            )
+        return list(rep.buy_again(row, within_days, k=k))
+
+
+# -- when will they buy ---------------------------------------------------------------
+TIMING_COLUMNS = [
+    "customer_id",
+    "p_active",
+    "expected_purchases",
+    "p_purchase",
+    "median_days_to_next",
+    "next_purchase_date",
+]
+
+
+def purchase_dates(as_of: pd.Timestamp, median_days: np.ndarray) -> np.ndarray:
+    """The next-purchase date of each median: ``as_of + ceil(median) days - 1 day``.
+
+    ``as_of`` is the day after the last day of the log, so a median of one day
+    means the last day of the log plus one. A median that is not finite (the
+    customer has most likely stopped buying) has no date: an empty string.
+
+    Returns
+    -------
+    np.ndarray
+        ISO dates (``YYYY-MM-DD``) or ``""``, dtype object.
+    """
+    med = np.asarray(median_days, dtype=np.float64)
+    finite = np.isfinite(med)
+    dates = np.full(len(med), "", dtype=object)
+    if finite.any():
+        d = as_of + pd.to_timedelta(np.ceil(med[finite]), unit="D") - pd.Timedelta(days=1)
+        dates[finite] = np.asarray(d.strftime("%Y-%m-%d"), dtype=object)
+    return dates
+
+
+def _timing_frame(
+    bundle: Bundle, pred: dict[str, np.ndarray], ids: np.ndarray, rounded: bool
+) -> pd.DataFrame:
+    def figure(x: np.ndarray, decimals: int) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return np.round(x, decimals) if rounded else x
+
+    med = np.asarray(pred["median_days_to_next"], dtype=np.float64)
+    return pd.DataFrame(
+        {
+            "customer_id": ids,
+            "p_active": figure(pred["p_active"], 6),
+            "expected_purchases": figure(pred["expected_purchases"], 6),
+            "p_purchase": figure(pred["p_purchase"], 6),
+            "median_days_to_next": np.where(np.isfinite(med), figure(med, 2), np.nan),
+            "next_purchase_date": purchase_dates(pd.Timestamp(bundle.manifest["as_of"]), med),
+        },
+        columns=TIMING_COLUMNS,
+    )
+
+
+def _timing_model(bundle: Bundle) -> Any:
+    if bundle.timing is None:
+        raise AnswerError("unavailable", "this model version has no next-purchase model")
+    return bundle.timing
+
+
+def timing_table(
+    bundle: Bundle,
+    rows: np.ndarray,
+    horizon_days: float,
+    *,
+    customer_ids: np.ndarray | None = None,
+    rounded: bool = True,
+) -> pd.DataFrame:
+    """The next-purchase figures of known customers over a horizon.
+
+    Parameters
+    ----------
+    bundle
+        A version with a next-purchase model.
+    rows
+        Customer rows (all known).
+    horizon_days
+        The window the probabilities and expected purchases are for.
+    customer_ids
+        Ids to write (default: the bundle's ids of ``rows``).
+    rounded
+        Round the figures to 6 decimals and the median to 2 (as the tables
+        people download are); ``False`` keeps them exact.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`TIMING_COLUMNS`: customer_id, p_active,
+        expected_purchases, p_purchase, median_days_to_next (NaN where none),
+        next_purchase_date (ISO date, or ``""`` where the median is not finite;
+        see :func:`purchase_dates`).
+
+    Raises
+    ------
+    AnswerError
+        ``"unavailable"`` when the version has no next-purchase model.
+    """
+    timing = _timing_model(bundle)
+    rows = np.asarray(rows, dtype=np.int64)
+    pred = timing.predict(horizon_days, rows)
+    ids = bundle.customers.ids_[rows] if customer_ids is None else np.asarray(customer_ids)
+    return _timing_frame(bundle, pred, ids, rounded)
+
+
+def due_table(
+    bundle: Bundle, within_days: float, min_probability: float, limit: int
+) -> pd.DataFrame:
+    """Customers (with history) whose probability of buying within ``within_days``
+    is at least ``min_probability``, most likely first, at most ``limit``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`timing_table` (figures rounded to 6 decimals),
+        ordered customer_id, p_purchase, p_active, expected_purchases,
+        median_days_to_next, next_purchase_date.
+
+    Raises
+    ------
+    AnswerError
+        ``"unavailable"`` when the version has no next-purchase model.
+    """
+    timing = _timing_model(bundle)
+    p = timing.predict(within_days)
+    has = np.asarray(p["has_history"], dtype=bool)
+    prob = np.asarray(p["p_purchase"])
+    sel = np.flatnonzero(has & (prob >= min_probability))
+    sel = sel[np.argsort(-prob[sel], kind="stable")][:limit]
+    picked = {name: np.asarray(v)[sel] for name, v in p.items()}
+    table = _timing_frame(bundle, picked, bundle.customers.ids_[sel], True)
+    return table[
+        [
+            "customer_id",
+            "p_purchase",
+            "p_active",
+            "expected_purchases",
+            "median_days_to_next",
+            "next_purchase_date",
+        ]
+    ]
+
+
+__all__ = [
+    "TIMING_COLUMNS",
+    "Answer",
+    "AnswerError",
+    "Answerer",
+    "Pick",
+    "RankedRows",
+    "Rules",
+    "Strategy",
+    "due_table",
+    "purchase_dates",
+    "timing_table",
+]

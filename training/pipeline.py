@@ -65,7 +65,15 @@ def train(
     """
     cfg = config or TrainConfig()
     run = Run(say)
-    source = LogSource(transactions, items_path, columns, as_of, strict, event_weights, time_format)
+    source = LogSource(
+        transactions,
+        items_path=items_path,
+        columns=columns,
+        as_of=as_of,
+        strict=strict,
+        event_weights=event_weights,
+        time_format=time_format,
+    )
     log = stages.load(source, run)
     data = stages.prepare(log, cfg, run)
     # What runs beside what is decided here. The timing models need only the

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import training.pipeline as pipeline
+import training.stages as stages
 from recommender.data.transactions import DataError, load_transactions
 from recommender.store.artifacts import (
     MANIFEST,
@@ -242,8 +242,8 @@ def test_failed_read_back_leaves_no_new_complete_version(published_copy, log_pat
     def refuse(path, **kw):
         raise CorruptArtifactError(f"{path}: simulated failure of the read-back check")
 
-    # the pipeline imported the name, so patch it where it is used
-    monkeypatch.setattr(pipeline, "load_bundle_dir", refuse)
+    # the write stage imported the name, so patch it where it is used
+    monkeypatch.setattr(stages, "load_bundle_dir", refuse)
     with pytest.raises(CorruptArtifactError):
         train(log_path, models_dir=models, config=fast_config(), say=quiet)
     assert current_version(models) == version

@@ -29,9 +29,9 @@ class ALSConfig:
     iterations: int = DEFAULT_ITERATIONS
     """ALS sweeps of the published model: ``iterations - refit_iterations``
     from scratch on the history before the evaluation window (the judged
-    model), then ``refit_iterations`` on the whole log, warm-started. On the
-    generated shops, 11, 13 and 15 sweeps on the history gave the same nDCG@10
-    to within 0.001, judged and published."""
+    model), then ``refit_iterations`` on the whole log, warm-started. More
+    sweeps on the history did not raise nDCG@10 on the generated shops, judged
+    or published."""
     weighting: str = "bm25"
     """Interaction weighting: raw, log, bm25 or tfidf."""
     half_life_days: float | None = None
@@ -51,9 +51,8 @@ class SearchConfig:
 
     enabled: bool | None = None
     """Run the search (``--search``), never (``--no-search``), or, when None,
-    only on logs of at most ``auto_max_rows`` rows (12 trials took 1.6-3.4 s
-    on the demo shop, once the timing models were done); otherwise the defaults above
-    are used."""
+    only on logs of at most ``auto_max_rows`` rows, where a search takes
+    seconds; otherwise the defaults above are used."""
     auto_max_rows: int = 1_000_000
     """Largest log (rows kept) searched when ``enabled`` is None."""
     time_budget_s: float = 120.0

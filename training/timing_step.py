@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,49 @@ def _codes(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class PurchaseArrays:
+    """Purchases as parallel arrays on the run's indexes (an item row is -1
+    for an item left out of the index)."""
+
+    customer: np.ndarray
+    item: np.ndarray
+    day: np.ndarray
+    """Float days since the Unix epoch."""
+
+    def where(self, mask: np.ndarray) -> PurchaseArrays:
+        return PurchaseArrays(self.customer[mask], self.item[mask], self.day[mask])
+
+
+@dataclass(frozen=True, eq=False)
+class TimingTask:
+    """What both models are fitted on and judged against."""
+
+    history: PurchaseArrays
+    n_customers: int
+    n_items: int
+    first_day: float
+    end_day: float
+    """The models are fitted as of this day (midnight after the log, or ``--as-of``)."""
+    cut_day: float
+    """Judged on purchases in ``[cut_day, cut_day + horizon)``."""
+    horizon: float
+    p_horizon: float
+    """Probabilities are judged on buying within this many days."""
+    window_kind: str
+    future: PurchaseArrays | None
+    """Purchases of known customers after ``--as-of`` (a backtest of the
+    published models); None: judged on the last window of the log instead."""
+    cfg: TrainConfig
+
+    @property
+    def judged_on(self) -> PurchaseArrays:
+        return self.future if self.future is not None else self.history
+
+
+Warn = Callable[[str], None]
+
+
 def fit_timing_models(
     purchases: pd.DataFrame,
     customers: IdIndex,
@@ -46,7 +90,7 @@ def fit_timing_models(
     end: pd.Timestamp,
     cfg: TrainConfig,
     *,
-    warn: Callable[[str], None],
+    warn: Warn,
     future: pd.DataFrame | None = None,
 ) -> tuple[PurchaseTimingModel | None, RepurchaseModel | None, dict[str, Any]]:
     """Fit both models as of ``end`` and judge them on data they did not see.
@@ -56,161 +100,233 @@ def fit_timing_models(
     before the last window are judged on that window. Returns the models (None
     where one cannot be fitted, with a warning) and metrics for the manifest.
     """
-    horizon = float(cfg.timing_horizon_days or cfg.eval_days)
-    end_day = _days(pd.Series([end]))[0]
-    cust_codes, item_codes = _codes(purchases, customers, items)
-    days = _days(purchases["timestamp"])
-    n_c, n_i = len(customers), len(items)
-    metrics: dict[str, Any] = {}
-    first_day = float(days.min())
-
-    def make_timing(as_of_day: float) -> PurchaseTimingModel:
-        # choose among the candidates on a holdout no longer than a third of the history
-        holdout = min(horizon, (as_of_day - first_day) / 3.0)
-        return PurchaseTimingModel(holdout_days=holdout if holdout >= 7 else None)
-
-    fut_c = fut_i = fut_days = None
-    if future is not None and len(future):
-        fut_c = customers.rows(future["customer_id"].to_numpy())
-        fut_i = items.rows(future["item_id"].to_numpy())
-        fut_days = _days(future["timestamp"])
-        known = fut_c >= 0
-        fut_c, fut_i, fut_days = fut_c[known], fut_i[known], fut_days[known]
-        if fut_days.size == 0:
-            fut_c = None
-    if fut_c is not None:
-        assert fut_days is not None and fut_i is not None
-        # through the last day with data after --as-of, inclusive
-        eval_h = float(
-            cfg.timing_horizon_days or min(np.floor(fut_days.max() - end_day) + 1, 365.0)
-        )
-        eval_cut = end_day
-        ev_c, ev_days = fut_c, fut_days
-        window_kind = "after --as-of (backtest of the published model)"
-    else:
-        eval_h = horizon
-        eval_cut = end_day - horizon
-        ev_c, ev_days = cust_codes, days
-        window_kind = "last window of the log (model refitted without it)"
-    p_h = float(cfg.timing_p_horizon_days or eval_h)
-
-    def timing_part() -> tuple[PurchaseTimingModel | None, dict[str, Any]]:
-        out: dict[str, Any] = {}
-        # The timing models see one row per customer and purchase day, sorted:
-        # deduplicated once here instead of in every fit.
-        tc, td = _customer_days(cust_codes, days)
-        timing: PurchaseTimingModel | None = None
-        try:
-            timing = make_timing(end_day).fit(tc, td, end_day, n_c)
-            out["timing_selection"] = timing.selection_
-        except Exception as exc:
-            warn(f"next-purchase model not published: {exc}")
-
-        t_before = td < eval_cut
-        try:
-            if fut_c is not None:
-                evaluated = timing
-            elif not t_before.any():
-                evaluated = None
-                warn("next-purchase model not evaluated: no purchase before the evaluation window")
-            else:
-                # Judge the published choice of model, refitted without the window (the
-                # selection among candidates itself already used a held-out window).
-                chosen = (timing.model_name_,) if timing is not None else None
-                evaluated = timing.calibration_model() if timing is not None else None
-                if evaluated is None or evaluated.as_of_day_ != eval_cut:
-                    # the selection's calibration fit ended elsewhere: refit
-                    evaluated = (
-                        PurchaseTimingModel(candidates=chosen) if chosen else make_timing(eval_cut)
-                    ).fit(tc[t_before], td[t_before], eval_cut, n_c)
-            if evaluated is not None:
-                judged = _judge_timing(evaluated, ev_c, ev_days, eval_cut, eval_h, p_h)
-                judged["window"] = window_kind
-                out["timing"] = judged
-        except Exception as exc:  # reported; publishing depends on the final fit only
-            warn(f"next-purchase model could not be evaluated: {exc}")
-
-        return timing, out
-
-    def repurchase_part() -> tuple[RepurchaseModel | None, dict[str, Any]]:
-        out: dict[str, Any] = {}
-        before = days < eval_cut
-        repurchase: RepurchaseModel | None = None
-        ok = item_codes >= 0
-        if n_i >= 2:
-            try:
-                repurchase = RepurchaseModel(min_customer_purchases=1).fit(
-                    cust_codes[ok], item_codes[ok], days[ok], end_day, n_c, n_i
-                )
-                if not np.asarray(repurchase.is_repurchase_item_).any():
-                    warn("buy-again model: no item is rebought by enough customers; none published")
-                    repurchase = None
-            except Exception as exc:
-                warn(f"buy-again model not published: {exc}")
-                repurchase = None
-            try:
-                if fut_c is not None and repurchase is not None:
-                    assert fut_i is not None and fut_days is not None
-                    hist_c, hist_i, hist_d = cust_codes[ok], item_codes[ok], days[ok]
-                    out["buy_again"] = _judge_buy_again(
-                        repurchase,
-                        np.concatenate([hist_c, fut_c[fut_i >= 0]]),
-                        np.concatenate([hist_i, fut_i[fut_i >= 0]]),
-                        np.concatenate([hist_d, fut_days[fut_i >= 0]]),
-                        eval_cut,
-                        eval_h,
-                        n_c,
-                        n_i,
-                        max_customers=cfg.max_eval_customers,
-                    )
-                elif fut_c is None and (before & ok).any():
-                    # Refitted and judged on a seeded sample of the customers
-                    # who bought before the window: the item-level estimates
-                    # need no more (the published fit draws its priors from
-                    # as many), and the judge sees at most max_eval_customers.
-                    bought_before = np.flatnonzero(
-                        np.bincount(cust_codes[before & ok], minlength=n_c)
-                    )
-                    sample = seeded_mask(
-                        bought_before, n_c, cfg.max_buy_again_eval_fit_customers, cfg.seed
-                    )
-                    use = ok & sample[cust_codes]
-                    fit_rows = before & use
-                    ev = RepurchaseModel(min_customer_purchases=1).fit(
-                        cust_codes[fit_rows],
-                        item_codes[fit_rows],
-                        days[fit_rows],
-                        eval_cut,
-                        n_c,
-                        n_i,
-                    )
-                    out["buy_again"] = _judge_buy_again(
-                        ev,
-                        cust_codes[use],
-                        item_codes[use],
-                        days[use],
-                        eval_cut,
-                        eval_h,
-                        n_c,
-                        n_i,
-                        max_customers=cfg.max_eval_customers,
-                    )
-                    out["buy_again"]["fit_customers"] = int(sample.sum())
-            except Exception as exc:
-                warn(f"buy-again model could not be evaluated: {exc}")
-        return repurchase, out
-
+    task = timing_task(purchases, customers, items, end, cfg, future)
     # The two models share nothing but the input arrays, and their costly
     # parts (special functions, sorts, bincounts) run in numpy and scipy
-    # without the GIL: fitting them side by side uses both cores.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        timing_job = pool.submit(timing_part)
-        repurchase_job = pool.submit(repurchase_part)
-        timing, timing_metrics = timing_job.result()
-        repurchase, repurchase_metrics = repurchase_job.result()
-    metrics.update(timing_metrics)
-    metrics.update(repurchase_metrics)
-    return timing, repurchase, metrics
+    # without the GIL: the buy-again model is fitted on a second thread while
+    # this one fits the next-purchase model.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-timing-buy-again") as pool:
+        buy_again = pool.submit(fit_buy_again, task, warn)
+        timing, timing_metrics = fit_next_purchase(task, warn)
+        repurchase, repurchase_metrics = buy_again.result()
+    return timing, repurchase, {**timing_metrics, **repurchase_metrics}
+
+
+def timing_task(
+    purchases: pd.DataFrame,
+    customers: IdIndex,
+    items: IdIndex,
+    end: pd.Timestamp,
+    cfg: TrainConfig,
+    future: pd.DataFrame | None,
+) -> TimingTask:
+    """The purchases as arrays and the window the models are judged on: the
+    rows after ``--as-of`` when there are any, else the log's last window."""
+    cust_codes, item_codes = _codes(purchases, customers, items)
+    history = PurchaseArrays(cust_codes, item_codes, _days(purchases["timestamp"]))
+    end_day = _days(pd.Series([end]))[0]
+    ahead = _known_future(future, customers, items)
+    if ahead is not None:
+        # through the last day with data after --as-of, inclusive
+        horizon = float(
+            cfg.timing_horizon_days or min(np.floor(ahead.day.max() - end_day) + 1, 365.0)
+        )
+        cut_day = end_day
+        kind = "after --as-of (backtest of the published model)"
+    else:
+        horizon = float(cfg.timing_horizon_days or cfg.eval_days)
+        cut_day = end_day - horizon
+        kind = "last window of the log (model refitted without it)"
+    return TimingTask(
+        history=history,
+        n_customers=len(customers),
+        n_items=len(items),
+        first_day=float(history.day.min()),
+        end_day=end_day,
+        cut_day=cut_day,
+        horizon=horizon,
+        p_horizon=float(cfg.timing_p_horizon_days or horizon),
+        window_kind=kind,
+        future=ahead,
+        cfg=cfg,
+    )
+
+
+def _known_future(
+    future: pd.DataFrame | None, customers: IdIndex, items: IdIndex
+) -> PurchaseArrays | None:
+    """Rows after ``--as-of`` of customers in the index, or None when there are none."""
+    if future is None or not len(future):
+        return None
+    rows = PurchaseArrays(
+        customers.rows(future["customer_id"].to_numpy()),
+        items.rows(future["item_id"].to_numpy()),
+        _days(future["timestamp"]),
+    )
+    rows = rows.where(rows.customer >= 0)
+    return rows if rows.day.size else None
+
+
+# ------------------------------------------------------------- next-purchase model
+
+
+def fit_next_purchase(
+    task: TimingTask, warn: Warn
+) -> tuple[PurchaseTimingModel | None, dict[str, Any]]:
+    """The published next-purchase model and its metrics (selection, judged window)."""
+    out: dict[str, Any] = {}
+    # The timing models see one row per customer and purchase day, sorted:
+    # deduplicated once here instead of in every fit.
+    tc, td = _customer_days(task.history.customer, task.history.day)
+    timing: PurchaseTimingModel | None = None
+    try:
+        timing = _timing_candidates(task, task.end_day).fit(tc, td, task.end_day, task.n_customers)
+        out["timing_selection"] = timing.selection_
+    except Exception as exc:
+        warn(f"next-purchase model not published: {exc}")
+    try:
+        evaluated = _timing_to_judge(task, timing, tc, td, warn)
+        if evaluated is not None:
+            judged_on = task.judged_on
+            judged = _judge_timing(
+                evaluated,
+                judged_on.customer,
+                judged_on.day,
+                task.cut_day,
+                task.horizon,
+                task.p_horizon,
+            )
+            judged["window"] = task.window_kind
+            out["timing"] = judged
+    except Exception as exc:  # reported; publishing depends on the final fit only
+        warn(f"next-purchase model could not be evaluated: {exc}")
+    return timing, out
+
+
+def _timing_candidates(task: TimingTask, as_of_day: float) -> PurchaseTimingModel:
+    """A model that chooses among the candidates on a holdout no longer than a
+    third of the history."""
+    horizon = float(task.cfg.timing_horizon_days or task.cfg.eval_days)
+    holdout = min(horizon, (as_of_day - task.first_day) / 3.0)
+    return PurchaseTimingModel(holdout_days=holdout if holdout >= 7 else None)
+
+
+def _timing_to_judge(
+    task: TimingTask,
+    timing: PurchaseTimingModel | None,
+    tc: np.ndarray,
+    td: np.ndarray,
+    warn: Warn,
+) -> PurchaseTimingModel | None:
+    """The model to judge: the published one in a backtest, else the published
+    choice of model refitted without the window (the selection among the
+    candidates itself already used a held-out window)."""
+    if task.future is not None:
+        return timing
+    before = td < task.cut_day
+    if not before.any():
+        warn("next-purchase model not evaluated: no purchase before the evaluation window")
+        return None
+    chosen = (timing.model_name_,) if timing is not None else None
+    evaluated = timing.calibration_model() if timing is not None else None
+    if evaluated is None or evaluated.as_of_day_ != task.cut_day:
+        # the selection's calibration fit ended elsewhere: refit
+        fresh = (
+            PurchaseTimingModel(candidates=chosen)
+            if chosen
+            else _timing_candidates(task, task.cut_day)
+        )
+        evaluated = fresh.fit(tc[before], td[before], task.cut_day, task.n_customers)
+    return evaluated
+
+
+# ------------------------------------------------------------------ buy-again model
+
+
+def fit_buy_again(task: TimingTask, warn: Warn) -> tuple[RepurchaseModel | None, dict[str, Any]]:
+    """The published buy-again model (None with fewer than two items, or when
+    no item is rebought) and its judged metrics."""
+    out: dict[str, Any] = {}
+    if task.n_items < 2:
+        return None, out
+    known = task.history.where(task.history.item >= 0)
+    repurchase = _fit_published_buy_again(task, known, warn)
+    try:
+        if task.future is not None and repurchase is not None:
+            out["buy_again"] = _backtest_buy_again(task, known, repurchase)
+        elif task.future is None and (known.day < task.cut_day).any():
+            out["buy_again"] = _judge_refitted_buy_again(task, known)
+    except Exception as exc:
+        warn(f"buy-again model could not be evaluated: {exc}")
+    return repurchase, out
+
+
+def _fit_published_buy_again(
+    task: TimingTask, known: PurchaseArrays, warn: Warn
+) -> RepurchaseModel | None:
+    try:
+        repurchase = RepurchaseModel(min_customer_purchases=1).fit(
+            known.customer, known.item, known.day, task.end_day, task.n_customers, task.n_items
+        )
+        if not np.asarray(repurchase.is_repurchase_item_).any():
+            warn("buy-again model: no item is rebought by enough customers; none published")
+            return None
+    except Exception as exc:
+        warn(f"buy-again model not published: {exc}")
+        return None
+    return repurchase
+
+
+def _backtest_buy_again(
+    task: TimingTask, known: PurchaseArrays, repurchase: RepurchaseModel
+) -> dict[str, Any]:
+    """The published model judged on the known items bought after ``--as-of``."""
+    assert task.future is not None
+    ahead = task.future.where(task.future.item >= 0)
+    return _judge_buy_again(
+        repurchase,
+        np.concatenate([known.customer, ahead.customer]),
+        np.concatenate([known.item, ahead.item]),
+        np.concatenate([known.day, ahead.day]),
+        task.cut_day,
+        task.horizon,
+        task.n_customers,
+        task.n_items,
+        max_customers=task.cfg.max_eval_customers,
+    )
+
+
+def _judge_refitted_buy_again(task: TimingTask, known: PurchaseArrays) -> dict[str, Any]:
+    """A copy refitted before the window on a seeded sample of the customers
+    who bought before it, judged on the window.
+
+    The item-level estimates need no more customers than that (the published
+    fit draws its priors from as many), and the judge sees at most
+    ``max_eval_customers``.
+    """
+    cfg, n_c = task.cfg, task.n_customers
+    before = known.day < task.cut_day
+    bought_before = np.flatnonzero(np.bincount(known.customer[before], minlength=n_c))
+    sample = seeded_mask(bought_before, n_c, cfg.max_buy_again_eval_fit_customers, cfg.seed)
+    use = sample[known.customer]
+    fit = known.where(before & use)
+    copy = RepurchaseModel(min_customer_purchases=1).fit(
+        fit.customer, fit.item, fit.day, task.cut_day, n_c, task.n_items
+    )
+    judged_on = known.where(use)
+    out = _judge_buy_again(
+        copy,
+        judged_on.customer,
+        judged_on.item,
+        judged_on.day,
+        task.cut_day,
+        task.horizon,
+        n_c,
+        task.n_items,
+        max_customers=cfg.max_eval_customers,
+    )
+    out["fit_customers"] = int(sample.sum())
+    return out
 
 
 def _customer_days(cust: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

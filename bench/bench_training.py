@@ -11,8 +11,10 @@ each one's own), on the same generated log:
 
 The runs alternate (reference, encore, reference, ...): each encore run is
 set against the mean of the reference fits just before and after it. It
-prints each run's ratio encore / reference and their median (goal: at most
-1.5), and the peak memory of the encore runs (goal: under 4 GiB). Usage::
+prints each run's ratio encore / reference and their median, and the peak
+memory of the encore runs. The goals: the whole run at most 3x the reference
+and under 6 GiB; the ranking pipeline alone (``--train-args=--no-timing``) at
+most 1.5x and under 4 GiB. Usage::
 
     python bench/bench_training.py [--interactions 5000000] [--customers 500000] [--items 50000]
                                    [--repeats 5] [--train-args=--no-timing]
@@ -186,11 +188,13 @@ def main() -> None:
             )
             before = after
         listed = ", ".join(f"{r:.2f}" for r in ratios)
+        ranking_alone = "--no-timing" in args.train_args.split()
+        goal_ratio, goal_gib = (1.5, 4) if ranking_alone else (3, 6)
         print(
             f"RATIO encore_train / bare_implicit_fit = {statistics.median(ratios):.2f} "
-            f"(median of {len(ratios)}: {listed})  (goal <= 1.5)"
+            f"(median of {len(ratios)}: {listed})  (goal <= {goal_ratio})"
         )
-        print(f"PEAK MEMORY encore_train = {max(peaks) / 2**30:.2f} GiB  (goal < 4)")
+        print(f"PEAK MEMORY encore_train = {max(peaks) / 2**30:.2f} GiB  (goal < {goal_gib})")
 
 
 if __name__ == "__main__":

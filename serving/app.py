@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from recommender.answers import AnswerError
+from serving.limits import RequestLimits
 from serving.routes import customers, items, recommendations, system, ui
 from serving.settings import ServingSettings
 from serving.state import ModelStore
@@ -46,7 +48,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         yield
         store.stop()
 
-    app = FastAPI(
+    # FastAPIOffline serves the /docs and /redoc scripts from the package, so
+    # the API documentation works on a network without the public CDN.
+    app = FastAPIOffline(
         title="Encore",
         version="1",
         summary="Recommendations and next-purchase timing from a shop's order history.",
@@ -112,6 +116,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             finally:
                 observe_metrics(scope, status[0], time.perf_counter() - t0)
 
+    # Observe is the outermost layer, so refused and timed-out requests are counted too.
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        deadline_s=settings.request_deadline_s,
+    )
     app.add_middleware(Observe)
 
     @app.exception_handler(StarletteHTTPException)

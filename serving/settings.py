@@ -22,6 +22,13 @@ class ServingSettings(BaseSettings):
     max_batch: int = Field(default=1000, ge=1, le=1000)
     """Most customers in one batch request: the API's cap of 1,000 or lower
     (a larger value would have no effect, so it is refused at startup)."""
+    max_batch_picks: int = Field(default=20_000, ge=1)
+    """Most picks one batch request may ask for (customers times ``k``): the
+    bound on one request's work, so that no client can stall a worker."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """Largest request body accepted; a larger one is answered with 413."""
+    request_deadline_s: float = Field(default=10.0, gt=0)
+    """A request that has not started answering by then gets a 503."""
     blas_threads: int = Field(default=1, ge=1)
     """BLAS threads per worker; more than one oversubscribes the cores under load."""
     verify_hashes: bool = True

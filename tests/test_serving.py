@@ -575,6 +575,8 @@ def test_metrics_count_requests_per_route_and_show_the_model_version(trained):
         for _ in range(3):
             assert c.get("/v1/customers/someone/recommendations").status_code == 200
         assert c.get("/v1/items/nothing/similar").status_code == 404
+        assert c.get("/v1/customers/someone/recommendations?k=0").status_code == 422
+        # refused before routing: no route can hold a control character
         assert c.get("/v1/customers/a%00b/recommendations").status_code == 422
         text = c.get("/metrics").text
     counts: dict[tuple[str, str, str], float] = {}
@@ -588,6 +590,7 @@ def test_metrics_count_requests_per_route_and_show_the_model_version(trained):
     assert counts[("/v1/customers/{customer_id}/recommendations", "GET", "200")] == 3
     assert counts[("/v1/items/{item_id}/similar", "GET", "404")] == 1
     assert counts[("/v1/customers/{customer_id}/recommendations", "GET", "422")] == 1
+    assert counts[("unmatched", "GET", "422")] == 1
     assert info == {trained.version: 1.0}
 
 

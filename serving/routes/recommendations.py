@@ -87,9 +87,16 @@ def recommendations_from_recent(answerer: AnswererDep, body: RecommendRequest) -
 def batch_recommendations(
     answerer: AnswererDep, body: BatchRequest, request: Request
 ) -> BatchResponse:
-    limit = request.app.state.settings.max_batch
-    if len(body.customer_ids) > limit:
-        raise HTTPException(422, f"at most {limit} customers per batch")
+    settings = request.app.state.settings
+    if len(body.customer_ids) > settings.max_batch:
+        raise HTTPException(422, f"at most {settings.max_batch} customers per batch")
+    picks = len(body.customer_ids) * body.k
+    if picks > settings.max_batch_picks:
+        raise HTTPException(
+            422,
+            f"a batch asks for at most {settings.max_batch_picks:,} picks (customers x k); "
+            f"this one asks for {picks:,}: lower k or split the batch",
+        )
     rules = Rules(body.category, body.exclude_items, body.exclude_purchased, body.available_only)
     answers = answerer.for_ids(body.customer_ids, body.k, rules)
     return BatchResponse(

@@ -11,6 +11,6 @@ router = APIRouter(include_in_schema=False)
 PAGE = Path(__file__).resolve().parents[1] / "static" / "index.html"
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def index() -> HTMLResponse:
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))

@@ -1,0 +1,103 @@
+"""A burst of concurrent requests to a real server on the loopback, across a hot swap.
+
+The app runs under uvicorn on 127.0.0.1 (an ephemeral port) while sixteen
+keep-alive clients send a bounded number of requests; midway a new version is
+published. Every answer must be a 200 from one of the two versions, and no
+request may take as long as the server's deadline. Loopback only, bounded in
+count and time, and it stops by itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import uvicorn
+
+from recommender.store.artifacts import publish
+from serving.app import create_app
+from serving.settings import ServingSettings
+from tests.test_hot_reload import Versions, versions  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.usefixtures("thread_limits_restored")
+
+CLIENTS = 16
+PER_CLIENT = 60
+DEADLINE_S = 2.0
+
+
+class Server:
+    """uvicorn in a background thread on an ephemeral loopback port."""
+
+    def __init__(self, app) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise AssertionError("the server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def test_a_burst_across_a_hot_swap_gets_no_error_and_no_slow_answer(versions, tmp_path):  # noqa: F811
+    models = tmp_path / "models"
+    shutil.copytree(versions.models, models)
+    settings = ServingSettings(
+        models_dir=models, reload_interval_s=0.05, request_deadline_s=DEADLINE_S
+    )
+    app = create_app(settings)
+    results: list[tuple[int, str | None, float]] = []
+    lock = threading.Lock()
+    swapped = threading.Event()
+
+    def client(k: int, base: str) -> None:
+        with httpx.Client(base_url=base, timeout=10.0) as http:
+            for n in range(PER_CLIENT):
+                c = versions.customers[(k * PER_CLIENT + n) % len(versions.customers)]
+                t0 = time.perf_counter()
+                if n % 3 == 2:
+                    r = http.post(
+                        "/v1/recommendations/batch",
+                        json={"customer_ids": versions.customers[:10], "k": 5},
+                    )
+                else:
+                    r = http.get(f"/v1/customers/{c}/recommendations", params={"k": 10})
+                took = time.perf_counter() - t0
+                version = r.json().get("model_version") if r.status_code == 200 else None
+                with lock:
+                    results.append((r.status_code, version, took))
+                    if len(results) == CLIENTS * PER_CLIENT // 2 and not swapped.is_set():
+                        publish(models, versions.b)
+                        swapped.set()
+
+    t_start = time.monotonic()
+    with Server(app) as base, ThreadPoolExecutor(CLIENTS) as pool:
+        assert httpx.get(f"{base}/v1/model").json()["version"] == versions.a
+        list(pool.map(lambda k: client(k, base), range(CLIENTS)))
+        # the swap lands within a few polls; the last answers come from b
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/v1/model").json()["version"] != versions.b:
+            assert time.monotonic() < deadline, "the new version was never served"
+            time.sleep(0.05)
+    assert time.monotonic() - t_start < 120
+    statuses = {s for s, _, _ in results}
+    assert statuses == {200}, [r for r in results if r[0] != 200][:5]
+    assert len(results) == CLIENTS * PER_CLIENT
+    assert {v for _, v, _ in results} <= {versions.a, versions.b}
+    assert swapped.is_set()
+    slowest = max(t for _, _, t in results)
+    assert slowest < DEADLINE_S, slowest

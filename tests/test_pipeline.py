@@ -127,9 +127,9 @@ def test_a_version_is_published_with_a_complete_manifest(trained, log_path):
     # the data fingerprint is that of the checked log
     assert man["data"] == load_transactions(log_path).fingerprint()
     assert man["data"]["customers"] == N_CUSTOMERS and man["data"]["items"] == N_ITEMS
-    # metrics for ALS and the three baselines, all proper nDCGs
+    # metrics for ALS and the four baselines, all proper nDCGs
     rank = man["metrics"]["ranking"]
-    assert set(rank) == {"als", "popularity", "item_knn", "personal_frequency"}
+    assert set(rank) == {"als", "popularity", "item_knn", "personal_frequency", "p_topfreq"}
     for name, m in rank.items():
         assert 0.0 <= m["ndcg@10"] <= 1.0, name
     assert man["metrics"]["ranking_window"]["customers"] > 50

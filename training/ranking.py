@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from recommender.data.ids import IdIndex
 from recommender.data.interactions import apply_weighting, build_matrix, rows_in_time_range
 from recommender.data.sampling import seeded_subset
+from recommender.data.transactions import PURCHASE_EVENTS
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.base import Recommender
 from recommender.ranking.baselines import (
@@ -22,6 +23,7 @@ from recommender.ranking.baselines import (
     PopularityRecommender,
 )
 from recommender.ranking.metrics import evaluate_recommender
+from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender
 from training.config import ALSConfig
 
 K_NDCG, K_RECALL, K_MAP = 10, 20, 10
@@ -136,16 +138,35 @@ def evaluate(model: Recommender, split: Split, workers: int | None = None) -> di
     )
 
 
+def _purchase_baskets(split: Split) -> Baskets:
+    """The purchase days of the history before the window, as baskets."""
+    train = split.train
+    if "event" in train.columns:
+        train = train[train["event"].isin(PURCHASE_EVENTS)]
+    n_customers, n_items = split.counts.shape
+    return Baskets.from_lines(
+        train["crow"].to_numpy(),
+        train["irow"].to_numpy(),
+        train["timestamp"].to_numpy(dtype="datetime64[D]").astype(np.int64),
+        n_customers,
+        n_items,
+    )
+
+
 def evaluate_baselines(split: Split) -> dict[str, dict[str, Any]]:
-    """Popularity, item-kNN and personal frequency on the same split."""
+    """Popularity, item-kNN, personal frequency and P-TopFreq on the same split."""
     out: dict[str, dict[str, Any]] = {}
     for model in (
         PopularityRecommender(),
         ItemKNNRecommender(),
         PersonalFrequencyRecommender(),
+        PTopFreqRecommender(),
     ):
         t0 = time.perf_counter()
-        model.fit(split.counts)
+        if isinstance(model, PTopFreqRecommender):
+            model.fit(split.counts, baskets=_purchase_baskets(split))
+        else:
+            model.fit(split.counts)
         metrics = evaluate(model, split)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         out[model.name] = metrics

@@ -326,6 +326,17 @@ def _timing(cand: Candidate, current: dict[str, Any] | None, cfg: GateConfig, c:
             f"RMSE {theirs:.3f}",
         )
         return
+    span = (cand.metrics.get("timing") or {}).get("horizon_days")
+    their_span = ((current or {}).get("metrics", {}).get("timing") or {}).get("horizon_days")
+    if span != their_span:
+        # an error over 7 days and one over 28 are not the same quantity
+        c.add(
+            "timing vs current",
+            True,
+            f"next-purchase RMSE {mine:.3f} over {span} days, current {theirs:.3f} over "
+            f"{their_span} days: different horizons, not compared",
+        )
+        return
     ok = mine <= theirs * (1 + cfg.timing_tolerance)
     c.add(
         "timing vs current",
@@ -372,7 +383,7 @@ def _data(cand: Candidate, current: dict[str, Any], cfg: GateConfig, c: _Checks)
         )
     if new.get("time_max") and old.get("time_max"):
         a_end, b_end = pd.Timestamp(new["time_max"]), pd.Timestamp(old["time_max"])
-        ok = a_end >= b_end
+        ok = a_end >= b_end - pd.Timedelta(days=1)  # a day's slack: the last order's hour varies
         c.add(
             "log end vs previous",
             ok,

@@ -11,10 +11,12 @@ The checks, each with the reason it exists:
 * **ranking against popularity** (always, also for a store's first version):
   the served list must beat the popularity list on the same window; a log
   whose item ids were scrambled has no signal and ranks below it;
-* **ranking against the current version** on the same held-out window:
-  both models re-scored on the candidate's window (customers and items both
-  know, and only purchases neither model was trained on), or, when that is
-  impossible, the stored figures (a looser tolerance when the windows differ);
+* **ranking against the current version** on the same held-out weeks: both
+  models re-scored on the purchases after the current version's day
+  (customers and items both know; the candidate warm-started on the log up
+  to that day, so neither has seen them and both have seen the same span),
+  or, when that is impossible, the stored figures (a looser tolerance when
+  the windows differ);
 * **timing error against the current version** (RMSE of purchases per
   customer, stored figures);
 * **sanity** of the candidate: finite figures, picks not collapsed onto a
@@ -37,7 +39,7 @@ import scipy.sparse as sp
 
 from recommender.data.ids import IdIndex
 from recommender.ranking.als import ALSRecommender
-from recommender.ranking.metrics import evaluate_rankings
+from recommender.ranking.metrics import average_precision_at_k, ndcg_at_k, recall_at_k
 
 
 @dataclass
@@ -78,6 +80,10 @@ class GateConfig:
     share of the rows read (one day duplicated in a year's log is 0.27%)."""
     min_rescore_customers: int = 30
     """Fewer judged customers than this and the stored figures are compared."""
+    noise_z: float = 2.0
+    """A re-scored drop beyond ``tolerance`` holds a version back only when it
+    exceeds this many standard errors of the paired per-customer difference
+    (a few dozen customers give a noisy mean)."""
 
 
 @dataclass
@@ -289,9 +295,13 @@ def _ranking(cand: Candidate, current: dict[str, Any] | None, cfg: GateConfig, c
     if current is None:
         return
     r = cand.rescored
+    se = 0.0
     if r is not None and r.get("candidate") is not None and r.get("current") is not None:
         a, b, tol = float(r["candidate"]), float(r["current"]), cfg.tolerance
-        how = f"re-scored on {r['customers']:,} customers of the same window"
+        se = float(r.get("std_error") or 0.0)
+        how = (
+            f"re-scored on {r['customers']:,} customers of the same weeks, standard error {se:.4f}"
+        )
     elif theirs is not None:
         a, b = mine, theirs
         same = cand.metrics.get("ranking_window") == current.get("metrics", {}).get(
@@ -301,7 +311,9 @@ def _ranking(cand: Candidate, current: dict[str, Any] | None, cfg: GateConfig, c
         how = "stored figures, " + ("same window" if same else "different windows")
     else:
         return
-    ok = a >= b * (1 - tol)
+    # Held back only when the drop beyond the tolerance is larger than the
+    # noise of the paired comparison (two standard errors), not by chance.
+    ok = (b * (1 - tol)) - a <= cfg.noise_z * se
     c.add(
         "ranking vs current",
         ok,
@@ -310,6 +322,7 @@ def _ranking(cand: Candidate, current: dict[str, Any] | None, cfg: GateConfig, c
         candidate=a,
         current=b,
         tolerance=tol,
+        std_error=se,
     )
 
 
@@ -427,11 +440,13 @@ def _top_among(model: ALSRecommender, rows: np.ndarray, cols: np.ndarray, k: int
     return out
 
 
+_PER_CUSTOMER = {"ndcg": ndcg_at_k, "recall": recall_at_k, "map": average_precision_at_k}
+
+
 def rescore(
     candidate: ALSRecommender,
     customers: IdIndex,
     items: IdIndex,
-    history: sp.csr_matrix,
     relevant: sp.csr_matrix,
     current: ALSRecommender,
     current_customers: IdIndex,
@@ -442,18 +457,24 @@ def rescore(
 ) -> dict[str, Any] | None:
     """Score both models on the same customers, items and purchases.
 
-    ``candidate`` is the model judged on the window (fitted before it);
-    ``history`` and ``relevant`` are on the candidate's indexes, ``relevant``
-    holding only purchases neither model was trained on. Customers and items
-    are mapped through the id indexes; both models rank only the items both
-    know, for the customers both know who buy such an item in the window.
+    ``candidate`` should have been fitted on the same span of the log as
+    ``current`` (the pipeline warm-starts its judged model up to the current
+    version's day), and ``relevant`` (on the candidate's indexes) should hold
+    only purchases neither was trained on. Customers and items are mapped
+    through the id indexes; both models rank only the items both know, for
+    the customers both know who buy such an item in the window.
 
-    Returns None when fewer than ``min_customers`` can be judged, or when
-    ``metric`` (``ndcg@k``, ``recall@k`` or ``map@k``) is not one this computes.
+    Returns
+    -------
+    dict or None
+        ``candidate``, ``current`` (mean ``metric``), ``std_error`` of their
+        paired per-customer difference, ``customers``, ``items``; None when
+        fewer than ``min_customers`` can be judged or ``metric`` is not
+        ``ndcg@k``, ``recall@k`` or ``map@k``.
     """
     name = metric.partition("/")[2] or metric
     kind, _, k_text = name.partition("@")
-    if kind not in ("ndcg", "recall", "map") or not k_text.isdigit():
+    if kind not in _PER_CUSTOMER or not k_text.isdigit():
         return None
     k = int(k_text)
     item_map = current_items.rows(items.ids_)
@@ -466,17 +487,17 @@ def rescore(
     if len(users) < min_customers:
         return None
     rel_u = rel[users]
-    hist_u = history.tocsr()[users][:, cols]
-    figures = {}
+    per = {}
     for who, model, rows, icols in (
         ("candidate", candidate, users, cols),
         ("current", current, cust_map[users], item_map[cols]),
     ):
-        ranked = _top_among(model, rows, icols, k)
-        m = evaluate_rankings(ranked, rel_u, hist_u, len(cols), k_ndcg=k, k_recall=k, k_map=k)
-        figures[who] = m.get(name)
+        per[who] = _PER_CUSTOMER[kind](_top_among(model, rows, icols, k), rel_u, k)
+    diff = per["candidate"] - per["current"]
     return {
-        **figures,
+        "candidate": float(per["candidate"].mean()),
+        "current": float(per["current"].mean()),
+        "std_error": float(diff.std(ddof=1) / np.sqrt(len(diff))),
         "customers": int(len(users)),
         "items": int(len(cols)),
         "metric": name,

@@ -28,10 +28,9 @@ from recommender.data.synthetic import generate_shop, write_shop
 from recommender.store.artifacts import (
     current_version,
     list_versions,
-    publish,
+    prune_versions,
     publish_history,
     publish_version,
-    prune_versions,
     read_manifest,
     rollback_target,
 )

@@ -274,6 +274,21 @@ def _ranking(cand: Candidate, current: dict[str, Any] | None, cfg: GateConfig, c
                 f"the new version has no {name} (its ranking model was not trained or "
                 f"judged: see the run's warnings); the current version has {theirs:.4f}",
             )
+        elif cand.n_items >= 2:
+            # items to rank, but no judged list: nothing shows it beats popularity
+            c.add(
+                "ranking model",
+                False,
+                f"the new version has no {name}: its ranking model was not trained or judged "
+                "(see the run's warnings), so nothing shows it beats popularity",
+            )
+        elif not (cand.metrics.get("timing") or {}).get("rmse"):
+            c.add(
+                "anything judged",
+                False,
+                "the new version has neither a judged ranking model nor a judged "
+                "next-purchase model: nothing was learnt that could be checked",
+            )
         return
     pop = metric_value(cand.metrics, f"popularity/{name.partition('/')[2]}")
     if pop is not None:

@@ -409,3 +409,20 @@ def test_subprocess_exit_codes_0_3_and_4(logs, tmp_path):
     with StoreLock(models):
         p = encore("train", "--transactions", str(logs.good), "--models-dir", models, *FAST)
     assert p.returncode == EXIT_LOCKED and "locked" in p.stderr
+
+
+def test_a_five_row_log_and_a_window_longer_than_the_log_are_held_back(
+    logs, store, tmp_path, capsys
+):
+    five = tmp_path / "five.csv"
+    five.write_text("".join(logs.good.read_text().splitlines(keepends=True)[:6]))
+    before = current_version(store)
+    assert train(five, store) == EXIT_HELD_BACK
+    assert "far fewer rows" in capsys.readouterr().err
+    assert train(logs.good, store, "--eval-days", "400") == EXIT_HELD_BACK
+    assert "has no als/ndcg@10" in capsys.readouterr().err
+    assert current_version(store) == before
+    # a first version too: nothing shows its list beats popularity
+    assert train(five, tmp_path / "fresh") == EXIT_HELD_BACK
+    assert "beats popularity" in capsys.readouterr().err
+    assert current_version(tmp_path / "fresh") is None

@@ -593,7 +593,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ]
     )
     rc = cmd_train(train_args)
-    if rc != EXIT_OK:
+    if rc == EXIT_HELD_BACK and not args.no_serve:
+        print("The new version was held back by the gate; serving the current one.")
+    elif rc != EXIT_OK:
         return rc
     if args.no_serve:
         print(

@@ -44,7 +44,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.start()
         if store.answerer is None:
-            log.warning("started without a model; /readyz is 503 until one is published")
+            log.warning(
+                "started without a model (%s); /readyz is 503 until one is published",
+                store.unavailable or "nothing published",
+            )
         yield
         store.stop()
 

@@ -16,12 +16,14 @@ async def get_store(request: Request) -> ModelStore:
 
 async def get_answerer(request: Request) -> Answerer:
     """The answerer serving this request (it keeps it even if a reload swaps models)."""
-    answerer = request.app.state.store.answerer
+    store = request.app.state.store
+    answerer = store.answerer
     if answerer is None:
-        models_dir = request.app.state.store.settings.models_dir
+        models_dir = store.settings.models_dir
         raise HTTPException(
             status_code=503,
-            detail=(
+            detail=store.unavailable
+            or (
                 f"no model is loaded yet: train one with `encore train --transactions FILE "
                 f"--models-dir {models_dir}` (or `encore demo`); the server picks it up "
                 "automatically"

@@ -154,9 +154,18 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     config: dict[str, Any]
     reloads: dict[str, Any]
+    gate: dict[str, Any] | None = None
+    """The promotion gate's verdict on this version (None before there was one)."""
+    report_url: str | None = None
+    """The version's training report (``GET /v1/model/report``), when it has one."""
+    fallback_from: str | None = None
+    """The published version, when it is damaged and this older one serves instead."""
+    note: str | None = None
 
 
 class Health(BaseModel):
     status: str
     version: str | None = None
     detail: str | None = None
+    fallback_from: str | None = None
+    """The published version, when it is damaged and an older one serves instead."""

@@ -366,12 +366,12 @@ def test_prune_never_removes_the_published_version(tmp_path, fitted):
         write_version(tmp_path, fitted, version=n)
     publish(tmp_path, names[0])  # the oldest is the published one
     removed = prune_versions(tmp_path, keep=2)
-    assert removed == names[1:4]
-    assert list_versions(tmp_path) == [names[0], names[4]]
+    assert removed == names[1:3]
+    assert list_versions(tmp_path) == [names[0], names[3], names[4]]
     assert current_version(tmp_path) == names[0]
     assert load_bundle(tmp_path).version == names[0]
-    assert prune_versions(tmp_path, keep=1) == [names[4]]
-    assert list_versions(tmp_path) == [names[0]]
+    assert prune_versions(tmp_path, keep=1) == [names[3]]
+    assert list_versions(tmp_path) == [names[0], names[4]]
 
 
 def test_prune_keeps_keep_versions_when_nothing_is_published(tmp_path, fitted):

@@ -319,7 +319,10 @@ def test_recommend_on_a_timing_only_model_is_exit_2(tmp_path, capsys):
     rows += [(f"k{c}", "CD", f"1997-1{c % 3}-0{1 + c % 9}") for c in range(0, 60, 2)]
     pd.DataFrame(rows, columns=["customer_id", "item_id", "timestamp"]).to_csv(log, index=False)
     m = tmp_path / "m"
-    assert main(["train", "--transactions", str(log), "--models-dir", str(m), "--no-timing"]) == 0
+    # a version that learnt nothing judged is held back by the gate; --force publishes it
+    args = ["train", "--transactions", str(log), "--models-dir", str(m), "--no-timing"]
+    assert main(args) == 3
+    assert main([*args, "--force"]) == 0
     capsys.readouterr()
     rc = main(["recommend", "--models-dir", str(m), "--all", "--out", str(tmp_path / "r.csv")])
     err = capsys.readouterr().err

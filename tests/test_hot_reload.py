@@ -272,6 +272,7 @@ def test_versions_swap_under_load_and_broken_ones_are_refused(versions, models):
                     "status": "ready",
                     "version": b,
                     "detail": None,
+                    "fallback_from": None,
                 }
                 settle(load, b, more=10)
 

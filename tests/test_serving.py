@@ -565,7 +565,12 @@ def test_model_info_shows_the_version_and_its_metrics(client, trained):
 
 
 def test_health_and_readiness(client, trained):
-    assert client.get("/healthz").json() == {"status": "ok", "version": None, "detail": None}
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "version": None,
+        "detail": None,
+        "fallback_from": None,
+    }
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["version"] == trained.version
 

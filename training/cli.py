@@ -1,7 +1,17 @@
-"""The ``encore`` command line: train, recommend, next-purchase, demo, serve.
+"""The ``encore`` command line: train, models, recommend, next-purchase, due, demo, serve.
 
 Errors the user can fix (a bad file, a bad option, no model) are one line on
 stderr and exit code 2; nothing prints a traceback unless ``--debug``.
+
+Exit codes (a scheduler acts on them):
+
+== ===========================================================================
+0  done (``train``: the version was published, or written with --no-publish)
+1  internal error (a bug; the published version is unchanged)
+2  bad input or options, or a model that cannot be trained from this log
+3  ``train``: trained and written, but held back by the promotion gate
+4  the store is locked by another run (``--wait SECONDS`` to wait for it)
+== ===========================================================================
 """
 
 from __future__ import annotations
@@ -24,8 +34,13 @@ from recommender.data.transactions import (
     parse_event_weights,
 )  # noqa: E402
 from recommender.store.artifacts import ArtifactError  # noqa: E402
+from recommender.store.lock import StoreLockedError  # noqa: E402
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_HELD_BACK = 3
+EXIT_LOCKED = 4
 
 
 class CLIError(Exception):
@@ -49,6 +64,23 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or a positive number")
+    return v
+
+
+def _probability(text: str) -> float:
+    v = _non_negative_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return v
 
 
@@ -108,6 +140,53 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--top-n", type=int, default=100, help="picks precomputed per customer")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-publish", action="store_true", help="write the version, keep current")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even if the promotion gate holds the version back (recorded in it)",
+    )
+    t.add_argument(
+        "--wait",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another run's lock on the store (default 0: exit with code 4)",
+    )
+    t.add_argument(
+        "--keep",
+        type=_positive_int,
+        default=5,
+        help="versions kept after publishing (default 5; the current one and the one "
+        "before it are always kept)",
+    )
+    t.add_argument(
+        "--gate-metric",
+        default="als/ndcg@10",
+        help="ranking figure the gate compares, model/metric (default als/ndcg@10)",
+    )
+    t.add_argument(
+        "--gate-tolerance",
+        type=_non_negative_float,
+        default=0.05,
+        help="relative drop of that figure allowed on the same window (default 0.05)",
+    )
+
+    mm = sub.add_parser("models", help="list, show, promote and roll back model versions")
+    msub = mm.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="every version: metrics, gate verdict, which is current")
+    ml.add_argument("--models-dir", default="models")
+    ms = msub.add_parser("show", help="one version's manifest in short")
+    ms.add_argument("version")
+    ms.add_argument("--models-dir", default="models")
+    mp = msub.add_parser("promote", help="make VERSION current (also a held-back one)")
+    mp.add_argument("version")
+    mp.add_argument("--models-dir", default="models")
+    mp.add_argument("--wait", type=_non_negative_float, default=0.0, metavar="SECONDS")
+    mr = msub.add_parser(
+        "rollback", help="make the version published before the current one current"
+    )
+    mr.add_argument("--models-dir", default="models")
+    mr.add_argument("--wait", type=_non_negative_float, default=0.0, metavar="SECONDS")
 
     r = sub.add_parser(
         "recommend",
@@ -168,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--customers", help="file with a customer_id column (default: all)")
     n.add_argument("--out", default="next_purchase.csv", help=".csv or .parquet")
 
+    du = sub.add_parser(
+        "due",
+        help="customers likely to buy soon, with their top picks (for a campaign)",
+        description="Customers whose chance of buying within --within-days is at least "
+        "--min-probability (the rows GET /v1/customers/due gives), most likely first, "
+        "with the picks the API gives them.",
+    )
+    du.add_argument("--models-dir", default="models")
+    du.add_argument("--within-days", type=_positive_float, default=14.0)
+    du.add_argument("--min-probability", type=_probability, default=0.5)
+    du.add_argument("-k", type=_positive_int, default=5, help="picks per customer (default 5)")
+    du.add_argument("--out", default="due.csv", help=".csv or .parquet")
+
     d = sub.add_parser("demo", help="generate the demo shop, train on it, then serve it")
     d.add_argument("--dir", default="demo", help="where the demo shop's files go")
     d.add_argument("--models-dir", default="models")
@@ -220,6 +312,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             enabled=args.search, time_budget_s=args.search_budget, max_trials=args.search_trials
         ),
     )
+    from recommender.gate import GateConfig
+
+    gate = GateConfig(metric=args.gate_metric, tolerance=args.gate_tolerance)
     console = _console()
     result = train(
         args.transactions,
@@ -232,17 +327,186 @@ def cmd_train(args: argparse.Namespace) -> int:
         time_format=args.time_format,
         config=cfg,
         do_publish=not args.no_publish,
+        gate=gate,
+        force=args.force,
+        wait_s=args.wait,
+        keep=args.keep,
         say=lambda m: console.print(m, markup=False),
         show_progress=sys.stderr.isatty(),
     )
     print_summary(result, console)
-    return 0
+    if result.held_back and not args.no_publish:
+        print(
+            f"encore train: held back by the promotion gate: {'; '.join(result.verdict.reasons)}"
+            if result.verdict is not None
+            else "encore train: held back by the promotion gate",
+            file=sys.stderr,
+        )
+        return EXIT_HELD_BACK
+    return EXIT_OK
+
+
+def _ranking_figure(metrics: dict[str, Any], path: str = "als/ndcg@10") -> str:
+    model, _, name = path.partition("/")
+    v = (metrics.get("ranking") or {}).get(model, {}).get(name)
+    return f"{v:.4f}" if isinstance(v, float) else "-"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    return MODELS_COMMANDS[args.models_command](args)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from recommender.store.artifacts import version_summaries
+
+    rows = version_summaries(args.models_dir)
+    if not rows:
+        raise CLIError(f"no model versions in {args.models_dir}")
+    header = ["", "version", "trained at", "as of", "rows", "nDCG@10", "pop.", "RMSE", "gate"]
+    table = []
+    for r in rows:
+        mark = "*" if r["current"] else ("<" if r["rollback_target"] else "")
+        timing = (r["metrics"].get("timing") or {}).get("rmse")
+        gate = r["gate"] or "-"
+        if r["damaged"]:
+            gate = "DAMAGED"
+        table.append(
+            [
+                mark,
+                r["version"],
+                (r["created_at"] or "-")[:19],
+                (r["as_of"] or "-")[:10],
+                f"{r['data']['rows']:,}" if r["data"].get("rows") is not None else "-",
+                _ranking_figure(r["metrics"]),
+                _ranking_figure(r["metrics"], "popularity/ndcg@10"),
+                f"{timing:.3f}" if isinstance(timing, float) else "-",
+                gate,
+            ]
+        )
+    widths = [max(len(str(x[i])) for x in [header, *table]) for i in range(len(header))]
+    for line in [header, *table]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    print("* current   < rollback target (encore models rollback)")
+    for r in rows:
+        if r["damaged"]:
+            print(f"{r['version']}: damaged: {r['damaged']}")
+    return EXIT_OK
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from recommender.store.artifacts import read_manifest, version_summaries
+
+    names = {r["version"]: r for r in version_summaries(args.models_dir)}
+    if args.version not in names:
+        raise CLIError(f"no version {args.version!r} in {args.models_dir}")
+    path = Path(args.models_dir) / args.version
+    m = read_manifest(path)
+    info = names[args.version]
+    state = "current" if info["current"] else "rollback target" if info["rollback_target"] else ""
+    print(f"version     {args.version}" + (f" ({state})" if state else ""))
+    print(f"trained at  {m.get('created_at')}, as of {m.get('as_of')}")
+    d, v = m.get("data") or {}, m.get("validation") or {}
+    print(
+        f"data        {d.get('rows', 0):,} rows, {d.get('customers', 0):,} customers, "
+        f"{d.get('items', 0):,} items, {d.get('time_min')} .. {d.get('time_max')}"
+    )
+    dropped = {k: n for k, n in (v.get("dropped") or {}).items() if n}
+    print(
+        f"validation  {v.get('rows_read', 0):,} read, {v.get('rows_kept', 0):,} kept"
+        + "".join(f"; {k}: {n:,}" for k, n in dropped.items())
+    )
+    for name, fig in ((m.get("metrics") or {}).get("ranking") or {}).items():
+        print(
+            f"ranking     {name:<20} nDCG@10 {fig.get('ndcg@10', float('nan')):.4f}  "
+            f"recall@20 {fig.get('recall@20', float('nan')):.4f}"
+        )
+    t = (m.get("metrics") or {}).get("timing") or {}
+    if t:
+        print(
+            f"timing      {t.get('model')}: RMSE {t.get('rmse', 0):.3f}, AUC {t.get('auc', 0):.3f}"
+        )
+    g = m.get("gate")
+    if g:
+        against = g.get("compared_with") or "none (first version)"
+        print(f"gate        {g.get('status')} (against {against}; {g.get('method') or '-'})")
+        for c in g.get("checks", []):
+            print(f"  {'ok  ' if c.get('ok') else 'FAIL'} {c.get('check')}: {c.get('detail')}")
+    else:
+        print("gate        - (written before the promotion gate existed)")
+    for w in m.get("warnings") or []:
+        print(f"warning     {w}")
+    if (path / "report.html").is_file():
+        print(f"report      {path / 'report.html'}")
+    return EXIT_OK
+
+
+def _switch(args: argparse.Namespace, version: str, how: str) -> int:
+    from recommender.store.artifacts import current_version, publish_version
+    from recommender.store.bundle import load_bundle
+    from recommender.store.lock import StoreLock
+
+    with StoreLock(args.models_dir, wait_s=args.wait, what=f"encore models {how}"):
+        before = current_version(args.models_dir)
+        load_bundle(args.models_dir, version)  # refuse a damaged version before switching
+        publish_version(args.models_dir, version, how)
+    print(f"version {version} is now current (was {before or 'none'})")
+    return EXIT_OK
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    from recommender.store.artifacts import list_versions
+
+    if args.version not in list_versions(args.models_dir):
+        raise CLIError(f"no complete version {args.version!r} in {args.models_dir}")
+    return _switch(args, args.version, "promote")
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from recommender.store.artifacts import rollback_target
+
+    target = rollback_target(args.models_dir)
+    if target is None:
+        raise CLIError(
+            f"nothing to roll back to in {args.models_dir}: no other version was published "
+            "before the current one (encore models promote VERSION picks one by name)"
+        )
+    return _switch(args, target, "rollback")
+
+
+MODELS_COMMANDS = {
+    "list": cmd_models_list,
+    "show": cmd_models_show,
+    "promote": cmd_models_promote,
+    "rollback": cmd_models_rollback,
+}
+
+
+def cmd_due(args: argparse.Namespace) -> int:
+    from recommender.store.bundle import load_bundle
+    from training.export import check_output_path, export_due
+
+    check_output_path(args.out)
+    bundle = load_bundle(args.models_dir)
+    stats = export_due(
+        bundle,
+        args.out,
+        within_days=args.within_days,
+        min_probability=args.min_probability,
+        k=args.k,
+    )
+    print(
+        f"wrote {args.out}: {stats['customers']:,} customers likely to buy within "
+        f"{args.within_days:g} days (probability >= {args.min_probability:g}), "
+        f"version {bundle.version}"
+    )
+    return EXIT_OK
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from recommender.store.bundle import load_bundle
-    from training.export import export_recommendations, read_customer_list
+    from training.export import check_output_path, export_recommendations, read_customer_list
 
+    check_output_path(args.out)
     bundle = load_bundle(args.models_dir)
     ids = None if args.all else read_customer_list(args.customers)
     t0 = time.perf_counter()
@@ -266,8 +530,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_next_purchase(args: argparse.Namespace) -> int:
     from recommender.store.bundle import load_bundle
-    from training.export import export_next_purchase, read_customer_list
+    from training.export import check_output_path, export_next_purchase, read_customer_list
 
+    check_output_path(args.out)
     bundle = load_bundle(args.models_dir)
     ids = read_customer_list(args.customers) if args.customers else None
     stats = export_next_purchase(bundle, args.out, horizon_days=args.horizon_days, customer_ids=ids)
@@ -291,7 +556,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CLIError(f"--host {host}: cannot resolve it ({exc})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise CLIError(
+                f"port {port} on {host} is not free ({exc.strerror}); "
+                "pass --port with a free one (checked before training)"
+            ) from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not args.no_serve:
+        _check_port_free(args.host, args.port)
     directory = Path(args.dir)
     print(f"Generating the {args.preset} shop (seed {args.seed}) in {directory}/ ...")
     paths = _write_demo(directory, args.preset, args.seed)
@@ -306,7 +592,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             args.models_dir,
         ]
     )
-    cmd_train(train_args)
+    rc = cmd_train(train_args)
+    if rc == EXIT_HELD_BACK and not args.no_serve:
+        print("The new version was held back by the gate; serving the current one.")
+    elif rc != EXIT_OK:
+        return rc
     if args.no_serve:
         print(
             f"Model published in {args.models_dir}/. Serve it with: encore serve "
@@ -343,7 +633,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "models": cmd_models,
     "recommend": cmd_recommend,
+    "due": cmd_due,
     "next-purchase": cmd_next_purchase,
     "demo": cmd_demo,
     "generate": cmd_generate,
@@ -355,6 +647,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except StoreLockedError as exc:
+        if args.debug:
+            raise
+        print(f"encore {args.command}: locked: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except (DataError, ArtifactError, CLIError) as exc:
         if args.debug:
             raise
@@ -379,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             "(run with --debug for the traceback; the published model is unchanged)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_INTERNAL
 
 
 def run() -> None:

@@ -15,7 +15,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recommender.answers import TIMING_COLUMNS, Answerer, AnswerError, Rules, timing_table
+from recommender.answers import (
+    TIMING_COLUMNS,
+    Answerer,
+    AnswerError,
+    Rules,
+    due_table,
+    timing_table,
+)
 from recommender.data.transactions import DataError, read_table
 from recommender.store.bundle import Bundle
 from training.ranking import ranking_workers
@@ -23,6 +30,29 @@ from training.ranking import ranking_workers
 
 class ExportError(RuntimeError):
     """The export cannot be made from this version."""
+
+
+#: File name endings an export can be written as.
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def check_output_path(out: str | Path) -> Path:
+    """Refuse an output the export could not write, before any work is done.
+
+    Raises
+    ------
+    ExportError
+        The folder does not exist, or the extension is neither CSV nor Parquet.
+    """
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ExportError(
+            f"--out {out}: unknown file type {path.suffix or '(no extension)'!r}; "
+            "write .csv or .parquet"
+        )
+    if not path.parent.is_dir():
+        raise ExportError(f"--out {out}: folder {path.parent} does not exist; create it first")
+    return path
 
 
 def read_customer_list(path: str | Path) -> np.ndarray:
@@ -43,7 +73,7 @@ class _TableWriter:
     """Append blocks to a CSV or Parquet file chosen by extension."""
 
     def __init__(self, out: str | Path) -> None:
-        self.out = Path(out)
+        self.out = check_output_path(out)
         self.parquet = self.out.suffix.lower() in (".parquet", ".pq")
         self.writer: pq.ParquetWriter | None = None
         self.tmp = self.out.with_name(self.out.name + ".partial")
@@ -207,3 +237,47 @@ def export_next_purchase(
         raise
     writer.close(TIMING_COLUMNS)
     return {"customers": int(len(rows)), "unknown": unknown}
+
+
+def export_due(
+    bundle: Bundle,
+    out: str | Path,
+    *,
+    within_days: float = 14.0,
+    min_probability: float = 0.5,
+    k: int = 5,
+) -> dict[str, int]:
+    """Write the customers likely to buy within ``within_days``, with their top picks.
+
+    The rows are :func:`recommender.answers.due_table`'s (the API's
+    ``GET /v1/customers/due``: customer_id, p_purchase, p_active,
+    expected_purchases, median_days_to_next, next_purchase_date), most likely
+    first, and each gets ``pick_1`` .. ``pick_k``: the picks
+    :meth:`~recommender.answers.Answerer.rank_rows` gives them under the API's
+    default rules (empty without a ranking model).
+    """
+    if bundle.timing is None:
+        raise ExportError("this model version has no next-purchase model")
+    if not within_days > 0:
+        raise ExportError("--within-days must be positive")
+    if not 0 <= min_probability <= 1:
+        raise ExportError("--min-probability must be between 0 and 1")
+    table = due_table(bundle, within_days, min_probability, bundle.n_customers)
+    k = min(k, bundle.n_items)
+    columns = [*table.columns, *(f"pick_{i + 1}" for i in range(k))]
+    writer = _TableWriter(out)
+    try:
+        if bundle.als is not None and len(table):
+            answerer = Answerer(bundle)
+            rows = bundle.customers.rows(table["customer_id"].to_numpy())
+            ranked = answerer.rank_rows(rows, k, Rules(), workers=ranking_workers())
+            ids = np.where(ranked.items >= 0, bundle.items.ids_[np.maximum(ranked.items, 0)], "")
+        else:
+            ids = np.full((len(table), k), "", dtype=object)
+        picks = pd.DataFrame(ids, columns=columns[len(table.columns) :], index=table.index)
+        writer.write(pd.concat([table, picks], axis=1))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(columns)
+    return {"customers": int(len(table))}

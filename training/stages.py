@@ -11,6 +11,7 @@ beside it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import importlib.metadata as md
 import platform
 import shutil
@@ -27,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recommender.data.ids import IdIndex
-from recommender.data.interactions import build_matrix
+from recommender.data.interactions import build_matrix, rows_in_time_range
 from recommender.data.transactions import (
     PURCHASE_EVENTS,
     Transactions,
@@ -35,9 +36,20 @@ from recommender.data.transactions import (
     load_catalog,
     load_transactions,
 )
+from recommender.gate import Candidate, GateConfig, Verdict, judge, rescore
 from recommender.ranking.als import ALSRecommender
-from recommender.store.artifacts import remove_stale_temporaries
-from recommender.store.bundle import Catalog, load_bundle_dir, save_bundle
+from recommender.ranking.baselines import PopularityRecommender
+from recommender.store.artifacts import (
+    ArtifactError,
+    current_version,
+    new_version_name,
+    prune_versions,
+    publish_version,
+    read_manifest,
+    remove_stale_temporaries,
+)
+from recommender.store.bundle import Bundle, Catalog, load_bundle, load_bundle_dir, save_bundle
+from recommender.store.lock import StoreLock
 from training import ranking
 from training.config import ALSConfig, TrainConfig
 from training.search import search as run_search
@@ -159,6 +171,9 @@ class RankingResult:
     trials: list[dict[str, Any]]
     metrics: dict[str, Any]
     """``ranking`` (ALS and the baselines) and ``ranking_window``."""
+    judged: ALSRecommender | None = None
+    """The model fitted before the window and judged on it (the gate re-scores it)."""
+    window: ranking.Split | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -375,7 +390,9 @@ def fit_ranking(
         model = ranking.fit_als(
             full, chosen, cfg.seed, warm_start=judged, iterations=chosen.refit_iterations
         )
-    return RankingResult(model=model, config=chosen, trials=trials, metrics=metrics)
+    return RankingResult(
+        model=model, config=chosen, trials=trials, metrics=metrics, judged=judged, window=window
+    )
 
 
 def precompute_top_n(
@@ -432,6 +449,204 @@ def assemble_manifest(
     }
 
 
+@contextmanager
+def hold_store(models_dir: Path, wait_s: float, run: Run) -> Iterator[StoreLock]:
+    """Hold the store's lock for the whole run, and clear what killed runs left.
+
+    Raises :class:`recommender.store.lock.StoreLockedError` when another run
+    holds it for longer than ``wait_s``. Under the lock no other run can be
+    writing, so every ``.tmp-*`` entry is a killed run's leftover.
+    """
+    lock = StoreLock(models_dir, wait_s=wait_s, what="encore train")
+    if wait_s > 0:
+        run.say(f"        waiting up to {wait_s:g}s for the store's lock")
+    with lock:
+        removed = remove_stale_temporaries(models_dir, older_than_s=0)
+        if removed:
+            run.say(f"        removed {removed} leftover(s) of an interrupted run")
+        yield lock
+
+
+def gate(
+    models_dir: Path,
+    log: LoadedLog,
+    data: Prepared,
+    tables: ServingTables,
+    ranked: RankingResult | None,
+    topn: TopN | None,
+    manifest: dict[str, Any],
+    cfg: GateConfig,
+    run: Run,
+    *,
+    force: bool = False,
+    seed: int = 0,
+) -> Verdict:
+    """Judge the new version against the published one (see :mod:`recommender.gate`).
+
+    The verdict goes into ``manifest["gate"]``; the version is written
+    whatever it says, and published only if it passed (or ``force``).
+    """
+    with run.step("promotion gate"):
+        metrics = manifest["metrics"]
+        if ranked is not None and ranked.window is not None:
+            _ensure_popularity(ranked, metrics, cfg.metric)
+        name = current_version(models_dir)
+        previous, note = None, None
+        if name is not None:
+            try:
+                previous = read_manifest(models_dir / name)
+            except ArtifactError as exc:
+                note = f"the current version {name} is unreadable ({exc})"
+                run.warn(f"gate: {note}; judging without it")
+        top_items, top_scores = _active_top_lists(data, tables, ranked, topn, seed)
+        rescored = None
+        if previous is not None and ranked is not None:
+            rescored, note = _rescore_current(models_dir, name, previous, data, ranked, cfg, seed)
+        verdict = judge(
+            Candidate(
+                metrics=metrics,
+                data=tables.fingerprint,
+                validation=log.tx.report.to_dict(),
+                top_items=top_items,
+                top_scores=top_scores,
+                n_items=len(data.items),
+                rescored=rescored,
+                rescore_note=note,
+            ),
+            previous,
+            cfg,
+            current_version=name,
+            force=force,
+        )
+    manifest["gate"] = verdict.to_dict()
+    against = f"against {name}" if previous is not None else "first version of this store"
+    run.say(f"        gate {verdict.status} ({against}; {verdict.method or 'no comparison'})")
+    for reason in verdict.reasons:
+        run.say(f"        [gate] {reason}")
+    if verdict.forced:
+        run.warn("the gate held this version back; publishing it anyway (--force)")
+    return verdict
+
+
+def _ensure_popularity(ranked: RankingResult, metrics: dict[str, Any], metric: str) -> None:
+    """Judge popularity on the window when the baselines were not run: the
+    served list must beat it whatever the configuration."""
+    table = metrics.setdefault("ranking", {})
+    if "popularity" in table or ranked.window is None:
+        return
+    model = PopularityRecommender().fit(ranked.window.counts)
+    table["popularity"] = {**ranking.evaluate(model, ranked.window), "for_gate_only": True}
+
+
+def _active_top_lists(
+    data: Prepared,
+    tables: ServingTables,
+    ranked: RankingResult | None,
+    topn: TopN | None,
+    seed: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Top-10 of customers who bought in the evaluation window (at most 10,000)."""
+    if ranked is None:
+        return None, None
+    recent = data.purchases["timestamp"] >= data.eval_cut
+    active = np.unique(data.purchases.loc[recent, "crow"].to_numpy())
+    if len(active) > 10_000:
+        active = np.sort(np.random.default_rng(seed).choice(active, 10_000, replace=False))
+    if topn is not None:
+        return topn[0][active, :10], topn[1][active, :10]
+    return ranked.model.recommend(active, tables.history, k=10)
+
+
+def _rescore_current(
+    models_dir: Path,
+    name: str | None,
+    previous: dict[str, Any],
+    data: Prepared,
+    ranked: RankingResult,
+    cfg: GateConfig,
+    seed: int,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Both ALS models on the purchases of the window after the current
+    version's day, trained on the same span of the log; or None and why not."""
+    if ranked.judged is None or ranked.window is None:
+        return None, "the new version has no judged ranking model"
+    try:
+        trained_to = pd.Timestamp(previous["as_of"])
+    except (KeyError, TypeError, ValueError):
+        return None, "the current version's manifest has no as-of day"
+    since = max(data.eval_cut, trained_to)
+    if since >= data.end:
+        return None, "the current version was trained on the whole evaluation window"
+    try:
+        current: Bundle = load_bundle(models_dir, name)
+    except ArtifactError as exc:
+        return None, f"the current version cannot be loaded ({exc})"
+    if current.als is None:
+        return None, "the current version has no ranking model"
+    unseen = rows_in_time_range(data.purchases, since, data.end)
+    relevant = build_matrix(unseen.assign(weight=1.0), data.customers, data.items)
+    candidate = ranked.judged
+    if since > data.eval_cut:
+        # The judged model stops at the window's start, the current version at
+        # its own day: a few warm-started sweeps on the log up to that day put
+        # both on the same span, so the comparison is not tilted by weeks of data.
+        seen = rows_in_time_range(data.frame, None, since)
+        matrix = ranking.weighted_matrix(seen, data.customers, data.items, ranked.config, now=since)
+        candidate = ranking.fit_als(
+            matrix,
+            ranked.config,
+            seed,
+            warm_start=ranked.judged,
+            iterations=ranked.config.refit_iterations,
+        )
+    figures = rescore(
+        candidate,
+        data.customers,
+        data.items,
+        relevant,
+        current.als,
+        current.customers,
+        current.items,
+        cfg.metric,
+        min_customers=cfg.min_rescore_customers,
+    )
+    if figures is None:
+        return None, "too few customers and items both versions know buy in the window"
+    since_text = since.date().isoformat()
+    figures["method"] = (
+        f"both re-scored on purchases from {since_text}, trained on the log before it"
+    )
+    figures["since"] = since.isoformat()
+    return figures, None
+
+
+def publish_stage(
+    models_dir: Path, written: Written, verdict: Verdict, do_publish: bool, run: Run
+) -> bool:
+    """Point ``current`` at the new version if the gate let it through; say so."""
+    if not do_publish:
+        return False
+    if not verdict.publishable:
+        run.warn(
+            f"version {written.path.name} held back by the gate; {current_version(models_dir)} "
+            "stays current (encore models promote VERSION, or --force, to publish it anyway)"
+        )
+        return False
+    publish_version(models_dir, written.path.name, "train", forced=verdict.forced)
+    return True
+
+
+def retire_old_versions(models_dir: Path, keep: int | None, run: Run) -> list[str]:
+    """Delete all but the newest ``keep`` versions (never the current one or
+    the rollback target)."""
+    if not keep:
+        return []
+    removed = prune_versions(models_dir, keep=keep)
+    if removed:
+        run.say(f"        removed {len(removed)} old version(s): {', '.join(removed)}")
+    return removed
+
+
 def draw_calibration(timing: TimingResult) -> bytes | None:
     """The next-purchase model's reliability diagram (PNG), if it was judged."""
     judged = timing.metrics.get("timing", {})
@@ -453,12 +668,16 @@ def write_and_verify(
     manifest: dict[str, Any],
     calibration_plot: Future[bytes | None],
     run: Run,
+    report: Callable[[Bundle, bytes | None], bytes] | None = None,
 ) -> Written:
     """Write the version atomically and read it back as serving will.
 
     ``calibration_plot`` is awaited after the arrays are written; a plot that
-    failed is a warning, not a failed run. A version that fails its read-back
-    is deleted, never left looking complete.
+    failed is a warning, not a failed run. ``report`` draws ``report.html``
+    from the version as serving will hold it (built in memory from the very
+    arrays written) and the plot; it is written, and hashed, before the
+    version is committed. A version that fails its read-back is deleted,
+    never left looking complete.
     """
 
     def plot() -> bytes | None:
@@ -468,9 +687,41 @@ def write_and_verify(
             run.warn(f"calibration plot not written: {exc}")
             return None
 
-    remove_stale_temporaries(models_dir)
     manifest["timings_s"]["total"] = round(time.perf_counter() - run.started, 3)
     als = ranked.model if ranked is not None else None
+    version = new_version_name()
+    manifest.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    drawn: list[bytes | None] = []
+
+    def plot_once() -> bytes | None:
+        if not drawn:
+            drawn.append(plot())
+        return drawn[0]
+
+    def html() -> bytes | None:
+        if report is None:
+            return None
+        in_memory = Bundle(
+            version=version,
+            path=models_dir / version,
+            manifest={**manifest, "version": version},
+            customers=data.customers,
+            items=data.items,
+            history=tables.history,
+            popularity=tables.popularity,
+            catalog=tables.catalog,
+            als=als,
+            topn_items=topn[0] if topn is not None else None,
+            topn_scores=topn[1] if topn is not None else None,
+            timing=timing.timing,
+            repurchase=timing.repurchase,
+        )
+        try:
+            return report(in_memory, plot_once())
+        except Exception as exc:  # a missing page must not stop the publish
+            run.warn(f"report.html not written: {type(exc).__name__}: {exc}")
+            return None
+
     path = save_bundle(
         models_dir,
         customers=data.customers,
@@ -483,7 +734,8 @@ def write_and_verify(
         topn=topn,
         timing=timing.timing,
         repurchase=timing.repurchase,
-        reports={"timing_calibration.png": plot},
+        version=version,
+        reports={"timing_calibration.png": plot_once, "report.html": html},
     )
     # The file hashes were taken from these very files a moment ago (and
     # serving checks them when it loads): hashing them again here would only

@@ -100,7 +100,23 @@ def print_summary(result: Any, console: Console) -> None:
         )
     for w in m.get("warnings", []):
         console.print(f"warning: {w}", markup=False)
-    state = "published as current" if result.published else "written, NOT published"
+    verdict = getattr(result, "verdict", None)
+    if verdict is not None:
+        console.print(
+            f"Promotion gate: {verdict.status}"
+            + (f" (against {verdict.compared_with})" if verdict.compared_with else ""),
+            markup=False,
+        )
+        for reason in verdict.reasons:
+            console.print(f"  - {reason}", markup=False)
+    if result.published:
+        state = "published as current" + (
+            " (forced past the gate)" if verdict and verdict.forced else ""
+        )
+    elif getattr(result, "held_back", False):
+        state = "HELD BACK by the gate (written, not published)"
+    else:
+        state = "written, NOT published"
     console.print(
         f"Model version {result.version} {state}: {result.path} "
         f"({m.get('timings_s', {}).get('total', 0):.1f}s)",

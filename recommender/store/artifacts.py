@@ -350,7 +350,9 @@ def _check_shape(path: Path, name: str, arr: np.ndarray, expected: Any) -> None:
 def remove_stale_temporaries(models_dir: str | Path, older_than_s: float = 6 * 3600) -> int:
     """Delete temporaries left by crashed runs (older than ``older_than_s``); returns how many.
 
-    Younger ones may belong to a training run still writing, so they stay.
+    Without the store's lock (:mod:`recommender.store.lock`), younger ones may
+    belong to a run still writing, so they stay; a run that holds the lock
+    passes ``older_than_s=0``.
     """
     import time
 
@@ -360,7 +362,11 @@ def remove_stale_temporaries(models_dir: str | Path, older_than_s: float = 6 * 3
     n = 0
     now = time.time()
     for p in models_dir.iterdir():
-        if p.name.startswith(_TMP_PREFIX) and now - p.stat().st_mtime > older_than_s:
+        try:
+            age = now - p.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if p.name.startswith(_TMP_PREFIX) and age >= older_than_s:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -369,14 +375,120 @@ def remove_stale_temporaries(models_dir: str | Path, older_than_s: float = 6 * 3
     return n
 
 
-def prune_versions(models_dir: str | Path, keep: int = 5) -> list[str]:
-    """Delete the oldest versions beyond ``keep``, never the published one."""
+HISTORY_FILE = "history.json"
+#: Entries kept in the publish history (a rollback needs only the last few).
+HISTORY_LIMIT = 100
+
+
+def publish_history(models_dir: str | Path) -> list[dict[str, Any]]:
+    """Every switch of ``current`` recorded in the store, oldest first."""
+    try:
+        data = json.loads((Path(models_dir) / HISTORY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    entries = data.get("published") if isinstance(data, dict) else None
+    return [e for e in entries or [] if isinstance(e, dict) and isinstance(e.get("version"), str)]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{secrets.token_hex(4)}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def record_publish(models_dir: str | Path, version: str, how: str, *, forced: bool = False) -> None:
+    """Append ``version`` to the publish history (written atomically)."""
+    entries = publish_history(models_dir)
+    entries.append(
+        {
+            "version": version,
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "how": how,
+            **({"forced": True} if forced else {}),
+        }
+    )
+    _write_atomically(
+        Path(models_dir) / HISTORY_FILE,
+        json.dumps({"published": entries[-HISTORY_LIMIT:]}, indent=2) + "\n",
+    )
+
+
+def publish_version(
+    models_dir: str | Path, version: str, how: str, *, forced: bool = False
+) -> None:
+    """Point ``current`` at ``version`` and record it in the publish history."""
+    publish(models_dir, version)
+    record_publish(models_dir, version, how, forced=forced)
+
+
+def rollback_target(models_dir: str | Path) -> str | None:
+    """The version published most recently before the current one that still exists.
+
+    Rolling back twice returns to where one started, as ``cd -`` does.
+    """
     current = current_version(models_dir)
-    all_versions = list_versions(models_dir)
-    versions = [v for v in all_versions if v != current]
-    slots = keep - 1 if current in all_versions else keep
-    excess = max(0, len(versions) - max(slots, 0))
-    removed = versions[:excess]
+    present = set(list_versions(models_dir))
+    for entry in reversed(publish_history(models_dir)):
+        v = entry["version"]
+        if v != current and v in present:
+            return v
+    return None
+
+
+def prune_versions(models_dir: str | Path, keep: int = 5) -> list[str]:
+    """Delete all but the newest ``keep`` versions; returns the names deleted.
+
+    The published version and the rollback target (the one published before
+    it) are never deleted, whatever their age.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    protected = {current_version(models_dir), rollback_target(models_dir)}
+    versions = list_versions(models_dir)
+    removed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
     for v in removed:
         shutil.rmtree(Path(models_dir) / v, ignore_errors=True)
     return removed
+
+
+def version_summaries(models_dir: str | Path) -> list[dict[str, Any]]:
+    """One summary per version, oldest first: what ``encore models list`` shows.
+
+    Each holds ``version``, ``created_at``, ``as_of``, ``data`` (the
+    fingerprint), ``metrics``, ``gate`` (the promotion gate's status, or None
+    for a version written before there was one), ``current``,
+    ``rollback_target``, and ``damaged`` (why the version cannot be read, or
+    None; file sizes are checked, not hashes).
+    """
+    models_dir = Path(models_dir)
+    current = current_version(models_dir)
+    previous = rollback_target(models_dir)
+    names = set(list_versions(models_dir))
+    if models_dir.is_dir():  # a directory without a readable manifest is listed too
+        names |= {p.name for p in models_dir.iterdir() if p.is_dir() and p.name[0] != "."}
+    out = []
+    for name in sorted(names):
+        info: dict[str, Any] = {
+            "version": name,
+            "current": name == current,
+            "rollback_target": name == previous,
+            "damaged": None,
+        }
+        try:
+            m = VersionReader(models_dir / name, verify_hashes=False).manifest
+        except ArtifactError as exc:
+            info["damaged"] = str(exc)
+            m = {}
+        info.update(
+            created_at=m.get("created_at"),
+            as_of=m.get("as_of"),
+            data=m.get("data") or {},
+            metrics=m.get("metrics") or {},
+            gate=(m.get("gate") or {}).get("status"),
+        )
+        out.append(info)
+    return out

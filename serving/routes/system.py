@@ -6,7 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -33,7 +33,28 @@ def model_info(answerer: AnswererDep, store: StoreDep) -> ModelInfo:
         metrics=m.get("metrics", {}),
         config=m.get("config", {}),
         reloads=store.status(),
+        gate=m.get("gate"),
+        report_url="/v1/model/report" if "report.html" in m.get("files", {}) else None,
+        fallback_from=store.fallback_from,
+        note=store.note,
     )
+
+
+@router.get(
+    "/v1/model/report",
+    response_class=HTMLResponse,
+    responses={404: {"model": Error}, 503: {"model": Error}},
+    summary="The served version's training report (a self-contained HTML page)",
+)
+def model_report(answerer: AnswererDep) -> Response:
+    bundle = answerer.bundle
+    if "report.html" not in bundle.manifest.get("files", {}):
+        raise HTTPException(404, f"version {bundle.version} has no training report")
+    try:
+        page = (bundle.path / "report.html").read_bytes()
+    except OSError as exc:
+        raise HTTPException(404, f"version {bundle.version}: report unreadable ({exc})") from None
+    return HTMLResponse(page)
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
@@ -52,10 +73,18 @@ def readyz(store: StoreDep) -> Response:
         return JSONResponse(
             status_code=503,
             content=Health(
-                status="not ready", detail=f"no model loaded from {store.settings.models_dir}"
+                status="not ready",
+                detail=store.unavailable or f"no model loaded from {store.settings.models_dir}",
             ).model_dump(),
         )
-    return JSONResponse(Health(status="ready", version=store.version).model_dump())
+    return JSONResponse(
+        Health(
+            status="ready",
+            version=store.version,
+            detail=store.note,
+            fallback_from=store.fallback_from,
+        ).model_dump()
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -101,3 +101,30 @@ def test_large_generator():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset"):
         generate_shop("nope")
+
+
+def test_next_weeks_brings_new_customers_new_items_and_churn():
+    from recommender.data.synthetic import next_weeks
+
+    shop = generate_shop("demo", seed=0)
+    later = next_weeks(shop, 2, seed=1)
+    end = shop.transactions["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    old = later.transactions[later.transactions["timestamp"] < end]
+    new = later.transactions[later.transactions["timestamp"] >= end]
+    # the first weeks are the same log
+    pd.testing.assert_frame_equal(
+        old.reset_index(drop=True),
+        shop.transactions.astype({"customer_id": str, "item_id": str}),
+    )
+    assert new["timestamp"].max() < end + pd.Timedelta(days=14)
+    truth = later.truth
+    assert new["customer_id"].isin(truth["new_customer_ids"]).any()
+    assert new["item_id"].isin(truth["new_item_ids"]).any()
+    assert set(truth["new_item_ids"]) <= set(later.catalog["item_id"])
+    churned = set(truth["churned_customer_ids"])
+    assert churned and not churned & set(new["customer_id"])
+    # known customers keep buying too
+    known = new[~new["customer_id"].isin(truth["new_customer_ids"])]
+    assert len(known) > len(new) / 3
+    again = next_weeks(shop, 2, seed=1)
+    pd.testing.assert_frame_equal(later.transactions, again.transactions)

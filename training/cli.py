@@ -273,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     g2.add_argument("--dir", required=True)
     g2.add_argument("--preset", default="demo", choices=["demo", "grocery", "fashion"])
     g2.add_argument("--seed", type=int, default=0)
+    g2.add_argument(
+        "--weeks-later",
+        type=_positive_int,
+        help="the same shop this many weeks on: its log plus new orders, new customers, "
+        "new items, and recent customers who stopped buying",
+    )
 
     s = sub.add_parser("serve", help="run the HTTP API on the published version")
     s.add_argument("--models-dir", default="models")
@@ -543,15 +549,19 @@ def cmd_next_purchase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_demo(directory: Path, preset: str, seed: int) -> dict[str, Path]:
-    from recommender.data.synthetic import generate_shop, write_shop
+def _write_demo(
+    directory: Path, preset: str, seed: int, weeks_later: int | None = None
+) -> dict[str, Path]:
+    from recommender.data.synthetic import generate_shop, next_weeks, write_shop
 
     shop = generate_shop(preset, seed=seed)
+    if weeks_later:
+        shop = next_weeks(shop, weeks_later, seed=seed + 1)
     return write_shop(shop, directory)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    paths = _write_demo(Path(args.dir), args.preset, args.seed)
+    paths = _write_demo(Path(args.dir), args.preset, args.seed, args.weeks_later)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

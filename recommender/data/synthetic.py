@@ -348,6 +348,119 @@ def generate_shop(
     return SyntheticShop(transactions=tx, catalog=catalog, truth=truth)
 
 
+def next_weeks(
+    shop: SyntheticShop,
+    weeks: int = 1,
+    *,
+    seed: int = 1,
+    new_customer_share: float = 0.03,
+    new_item_share: float = 0.02,
+    churn_share: float = 0.15,
+) -> SyntheticShop:
+    """The same shop ``weeks`` weeks later: its whole log plus the new weeks' orders.
+
+    What a weekly export brings: customers who keep buying (rebuying the
+    consumables they adopted and discovering items of their taste groups),
+    recently active customers who stop (``churn_share`` of those who bought in
+    the last 60 days), new customers (``new_customer_share`` of the customer
+    base, each buying from one taste group) and new items (``new_item_share``
+    of the catalogue, in existing categories and taste groups, bought by
+    customers of their group).
+
+    Raises
+    ------
+    ValueError
+        For a non-positive number of weeks or shares outside [0, 1].
+    """
+    if weeks < 1:
+        raise ValueError("weeks must be at least 1")
+    for name, share in (
+        ("new_customer_share", new_customer_share),
+        ("new_item_share", new_item_share),
+        ("churn_share", churn_share),
+    ):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1")
+    rng = np.random.default_rng(seed)
+    tx, catalog, truth = shop.transactions, shop.catalog, shop.truth
+    start = tx["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    n_days = 7 * weeks
+
+    # new items: copies of existing items' category, group and price, new ids and titles
+    n_items = len(catalog)
+    n_new_items = int(round(new_item_share * n_items))
+    src = rng.integers(n_items, size=n_new_items)
+    new_items = catalog.iloc[src].reset_index(drop=True)
+    new_items["item_id"] = [f"I{n_items + j:05d}" for j in range(n_new_items)]
+    new_items["title"] = ["New " + str(title) for title in new_items["title"]]
+    new_items["available"] = True
+    item_group = np.concatenate([truth["item_group"], truth["item_group"][src]])
+    all_items = pd.concat([catalog, new_items], ignore_index=True)
+    item_ids = all_items["item_id"].to_numpy()
+    prices = all_items["price"].to_numpy(dtype=float)
+    weight = np.ones(len(all_items))
+    weight[n_items:] = 3.0  # a launch sells
+
+    # who keeps buying, who stops, who is new
+    last_day = tx.groupby("customer_id", observed=True)["timestamp"].max()
+    recent = last_day[last_day >= start - pd.Timedelta(days=60)].index.to_numpy()
+    churned = rng.choice(recent, size=int(round(churn_share * len(recent))), replace=False)
+    staying = np.setdiff1d(recent, churned)
+    n_customers = len(truth["customer_ids"])
+    n_new = int(round(new_customer_share * n_customers))
+    new_ids = np.array([f"C{n_customers + j:06d}" for j in range(n_new)])
+    group_of = dict(zip(truth["customer_ids"], truth["customer_group"], strict=True))
+    rate_of = dict(zip(truth["customer_ids"], truth["customer_rate_per_day"], strict=True))
+    n_groups = int(item_group.max()) + 1
+    members = [np.flatnonzero(item_group == g) for g in range(n_groups)]
+    bought = tx.groupby("customer_id", observed=True)["item_id"].agg(lambda s: s.unique())
+
+    lines: list[tuple[str, str, float]] = []
+    for cid in staying:
+        n_orders = rng.poisson(rate_of[cid] * n_days)
+        for _ in range(n_orders):
+            day = rng.uniform(0, n_days)
+            own = bought.get(cid)
+            if own is not None and len(own) and rng.random() < 0.6:
+                lines.append((cid, str(rng.choice(own)), day))  # a rebuy
+            else:
+                m = members[group_of[cid]]
+                w = weight[m] / weight[m].sum()
+                lines.append((cid, str(item_ids[rng.choice(m, p=w)]), day))
+    for cid in new_ids:
+        m = members[rng.integers(n_groups)]
+        w = weight[m] / weight[m].sum()
+        day = rng.uniform(0, n_days)
+        for j in rng.choice(m, size=min(len(m), 1 + rng.poisson(0.8)), replace=False, p=w):
+            lines.append((str(cid), str(item_ids[j]), day))
+    new = pd.DataFrame(lines, columns=["customer_id", "item_id", "day"])
+    secs = np.floor(new["day"].to_numpy()) * 86400 + rng.uniform(8 * 3600, 22 * 3600, len(new))
+    row_of = {i: r for r, i in enumerate(item_ids)}
+    new_tx = pd.DataFrame(
+        {
+            "customer_id": new["customer_id"],
+            "item_id": new["item_id"],
+            "timestamp": (start + pd.to_timedelta(secs.astype(np.int64), unit="s")).floor("s"),
+            "quantity": 1 + (rng.random(len(new)) < 0.15).astype(np.int64),
+            "price": np.round(prices[[row_of[i] for i in new["item_id"]]], 2),
+        }
+    )
+    both = pd.concat(
+        [tx.astype({"customer_id": str, "item_id": str}), new_tx], ignore_index=True
+    ).sort_values(["timestamp", "customer_id", "item_id"], ignore_index=True)
+    later = {
+        **truth,
+        "item_group": item_group,
+        "item_ids": item_ids,
+        "customer_ids": np.concatenate([truth["customer_ids"], new_ids]),
+        "new_customer_ids": new_ids,
+        "new_item_ids": item_ids[n_items:],
+        "churned_customer_ids": np.sort(churned),
+        "weeks_later": weeks,
+    }
+    return SyntheticShop(transactions=both, catalog=all_items, truth=later)
+
+
 def write_shop(shop: SyntheticShop, directory: str | Path) -> dict[str, Path]:
     """Write ``transactions.csv`` and ``items.csv``; returns their paths."""
     directory = Path(directory)

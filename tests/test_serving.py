@@ -603,6 +603,9 @@ def test_the_marketers_page_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/v1/customers/due" in r.text and "<html" in r.text.lower()
+    # the page links to the served version's training report, which the API names
+    assert "report_url" in r.text
+    assert client.get("/v1/model").json()["report_url"] == "/v1/model/report"
 
 
 # -- bad requests: 4xx with a JSON message, never 500 --------------------------------------

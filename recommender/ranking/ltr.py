@@ -7,11 +7,13 @@ next window; a query group is one customer's candidates.
 The model is stored as LightGBM's own text format (``model_to_string``) plus a
 JSON document with the feature names, the parameters and a few probe rows with
 their predictions: loading rebuilds the booster from the text (no pickle) and
-refuses a model that does not reproduce the probes.
+refuses a model whose text does not match its recorded sha256 or that does
+not reproduce the probes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,7 @@ class LTRRanker:
                 "predictions": [float(v) for v in self.predict(x)],
             }
         text = self.booster_.model_to_string(num_iteration=self.best_iteration_)
+        meta["model_sha256"] = _sha256(text)
         return text, meta
 
     @classmethod
@@ -240,6 +243,12 @@ class LTRRanker:
                 f"unknown ranker schema {meta.get('schema')!r}; expected {RANKER_SCHEMA}"
             )
         features = [str(f) for f in meta.get("features", [])]
+        # LightGBM's parser aborts the whole process on some damaged strings
+        # instead of raising: nothing reaches it that is not the saved text
+        if meta.get("model_sha256") != _sha256(text):
+            raise RankerStateError(
+                "the ranker model text is corrupted: its sha256 differs from the metadata"
+            )
         try:
             booster = lgb.Booster(model_str=text)
         except Exception as exc:  # LightGBM raises its own error type on a bad string
@@ -300,3 +309,7 @@ class LTRRanker:
         except (OSError, ValueError) as exc:
             raise RankerStateError(f"cannot read the ranker in {directory}: {exc}") from exc
         return cls.from_text(text, meta)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

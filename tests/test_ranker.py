@@ -226,8 +226,8 @@ def test_single_customer_candidates_equal_the_batch(stage) -> None:
         one = stage.candidates(np.array([r]))
         assert (one.matrix != batch.matrix[r]).nnz == 0
         lo, hi = batch.matrix.indptr[r], batch.matrix.indptr[r + 1]
-        np.testing.assert_allclose(one.als_score, batch.als_score[lo:hi], rtol=1e-6)
-        np.testing.assert_allclose(one.knn_score, batch.knn_score[lo:hi], rtol=1e-6)
+        np.testing.assert_array_equal(one.als_score, batch.als_score[lo:hi])
+        np.testing.assert_allclose(one.knn_score, batch.knn_score[lo:hi], rtol=1e-5)
 
 
 def test_unknown_customer_gets_popular_candidates(stage) -> None:
@@ -320,7 +320,8 @@ def test_one_customer_features_equal_the_batch_rows(stage) -> None:
     batch = stage.features(stage.candidates(rows))
     indptr = stage.candidates(rows).matrix.indptr
     one = stage.features(stage.candidates(np.array([13])))
-    np.testing.assert_array_equal(one, batch[indptr[13] : indptr[14]])
+    # the one-customer path sums kNN scores in another order: last bits differ
+    np.testing.assert_allclose(one, batch[indptr[13] : indptr[14]], rtol=1e-5)
 
 
 # -- the ranker -----------------------------------------------------------------

@@ -125,6 +125,8 @@ def generate_candidates(
     """
     cfg = config or CandidateConfig()
     rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 1:
+        return _one_customer(int(rows[0]), snapshot, als, knn, cfg)
     n = rows.size
     n_items = snapshot.n_items
     known = (rows >= 0) & (rows < snapshot.n_customers)
@@ -154,12 +156,10 @@ def generate_candidates(
             picked, _ = top_k_sparse(knn_scores, none, cfg.n_knn, exclude=hist_rows)
             parts.append(_pairs_from_lists(picked, KNN))
 
-    popularity = snapshot.item_popularity().astype(np.float32)
     if cfg.n_categories > 0 and cfg.n_per_category > 0 and snapshot.n_categories > 0:
-        parts.append(_category_candidates(snapshot, safe, known, popularity, cfg))
+        parts.append(_category_candidates(snapshot, safe, known, cfg))
     if cfg.n_popular > 0:
-        top, _ = top_k(popularity[None, :], cfg.n_popular)
-        items = np.tile(top, (n, 1))
+        items = np.tile(_popular(snapshot, cfg.n_popular), (n, 1))
         parts.append(_pairs_from_lists(items, POPULAR))
 
     if parts:
@@ -235,18 +235,15 @@ def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np
     return out
 
 
-def _category_candidates(
-    snapshot: ShopSnapshot,
-    rows: np.ndarray,
-    known: np.ndarray,
-    popularity: np.ndarray,
-    cfg: CandidateConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Popular items of each customer's top categories."""
+def _category_table(snapshot: ShopSnapshot, per: int) -> np.ndarray:
+    """``(categories, per)``: each category's most popular recent items, ``-1``
+    padded; kept with the snapshot (it depends on nothing else)."""
+    cache = snapshot.__dict__.setdefault("_category_tables", {})
+    if per in cache:
+        return np.asarray(cache[per])
     n_cat = snapshot.n_categories
     cats = snapshot.item_category.astype(np.int64)
-    # every category's items, most popular first, in a padded table
-    per = cfg.n_per_category
+    popularity = snapshot.item_popularity()
     order = np.lexsort((np.arange(cats.size), -popularity, cats))
     order = order[cats[order] >= 0]
     sorted_cat = cats[order]
@@ -255,6 +252,39 @@ def _category_candidates(
     table = np.full((n_cat, per), -1, dtype=np.int64)
     take = rank < per
     table[sorted_cat[take], rank[take]] = order[take]
+    cache[per] = table
+    return table
+
+
+def _popular(snapshot: ShopSnapshot, n: int) -> np.ndarray:
+    """The ``n`` most popular recent items (ties to the lower row), cached."""
+    cache = snapshot.__dict__.setdefault("_popular", {})
+    if n not in cache:
+        top, _ = top_k(snapshot.item_popularity().astype(np.float32)[None, :], n)
+        cache[n] = top[0]
+    return np.asarray(cache[n])
+
+
+def _similarity_t(knn: ItemKNNRecommender) -> sp.csr_matrix:
+    """The transposed similarity as CSR (row ``j``: the items ``j`` is a
+    neighbour of), built once per fitted model."""
+    assert knn.similarity_ is not None
+    cached = knn.__dict__.get("_candidates_similarity_t")
+    if cached is None or cached[0] is not knn.similarity_:
+        cached = (knn.similarity_, sp.csr_matrix(knn.similarity_.T))
+        knn.__dict__["_candidates_similarity_t"] = cached
+    return cached[1]
+
+
+def _category_candidates(
+    snapshot: ShopSnapshot,
+    rows: np.ndarray,
+    known: np.ndarray,
+    cfg: CandidateConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Popular items of each customer's top categories."""
+    per = cfg.n_per_category
+    table = _category_table(snapshot, per)
     mix = sp.csr_matrix(snapshot.category_matrix()[rows])
     mix = sp.csr_matrix(sp.diags(known.astype(np.float32)) @ mix)
     mix.eliminate_zeros()
@@ -267,3 +297,111 @@ def _category_candidates(
     ii = items.ravel()
     ok = ii >= 0
     return rr[ok], ii[ok], np.full(int(ok.sum()), CATEGORY, dtype=np.int16)
+
+
+def _best(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest finite ``values``, best first, ties to the
+    lower position (the order of :func:`top_k`)."""
+    finite = np.flatnonzero(np.isfinite(values))
+    if finite.size > 4 * k and values.size > 1024:
+        # a partition finds the k-th value; only entries reaching it are sorted
+        v = values[finite]
+        kth = np.partition(v, v.size - k)[v.size - k]
+        finite = finite[v >= kth]
+    order = np.lexsort((finite, -values[finite]))
+    return finite[order[:k]]
+
+
+def _one_customer(
+    row: int,
+    snapshot: ShopSnapshot,
+    als: ALSRecommender | None,
+    knn: ItemKNNRecommender | None,
+    cfg: CandidateConfig,
+) -> Candidates:
+    """:func:`generate_candidates` of one customer with numpy alone: the serving
+    call, where building a handful of sparse matrices would cost more than
+    the whole answer may."""
+    n_items = snapshot.n_items
+    known = 0 <= row < snapshot.n_customers
+    if known:
+        lo, hi = int(snapshot.indptr[row]), int(snapshot.indptr[row + 1])
+        own = snapshot.indices[lo:hi].astype(np.int64)
+        decayed = snapshot.pair_decayed[lo:hi]
+    else:
+        own = np.zeros(0, dtype=np.int64)
+        decayed = np.zeros(0, dtype=np.float32)
+    items: list[np.ndarray] = []
+    flags: list[np.ndarray] = []
+
+    def offer(picked: np.ndarray, flag: int) -> None:
+        items.append(np.asarray(picked, dtype=np.int64))
+        flags.append(np.full(len(picked), flag, dtype=np.int16))
+
+    if cfg.n_history > 0 and own.size:
+        offer(own[_best(decayed, cfg.n_history)], HISTORY)
+    als_user: np.ndarray | None = None
+    if als is not None:
+        assert als.user_factors_ is not None and als.item_factors_ is not None
+        if known and row < als.user_factors_.shape[0]:
+            als_user = als.user_factors_[row]
+    if als_user is not None and cfg.n_als > 0:
+        assert als is not None and als.item_factors_ is not None
+        scores = als.item_factors_ @ als_user
+        scores[own] = -np.inf
+        offer(_best(scores, min(cfg.n_als, n_items)), ALS)
+    knn_dense: np.ndarray | None = None
+    if knn is not None and own.size:
+        sim_t = _similarity_t(knn)
+        starts, stops = sim_t.indptr[own], sim_t.indptr[own + 1]
+        counts = stops - starts
+        take = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(
+            int(counts.sum())
+        )
+        weights = np.repeat(decayed.astype(np.float32), counts) * sim_t.data[take]
+        knn_dense = np.bincount(sim_t.indices[take], weights=weights, minlength=n_items).astype(
+            np.float32
+        )
+        if cfg.n_knn > 0:
+            hit = np.zeros(n_items, dtype=bool)
+            hit[sim_t.indices[take]] = True
+            masked = np.where(hit, knn_dense, -np.inf)
+            masked[own] = -np.inf
+            offer(_best(masked, cfg.n_knn), KNN)
+    if known and cfg.n_categories > 0 and cfg.n_per_category > 0 and snapshot.n_categories > 0:
+        c_lo, c_hi = int(snapshot.cat_indptr[row]), int(snapshot.cat_indptr[row + 1])
+        cats = snapshot.cat_indices[c_lo:c_hi].astype(np.int64)
+        top = cats[_best(snapshot.cat_share[c_lo:c_hi], cfg.n_categories)]
+        picked = _category_table(snapshot, cfg.n_per_category)[top].ravel()
+        offer(picked[picked >= 0], CATEGORY)
+    if cfg.n_popular > 0:
+        offer(_popular(snapshot, cfg.n_popular), POPULAR)
+
+    all_items = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+    all_flags = np.concatenate(flags) if flags else np.zeros(0, dtype=np.int16)
+    order = np.argsort(all_items, kind="stable")
+    all_items, all_flags = all_items[order], all_flags[order]
+    first = np.r_[True, all_items[1:] != all_items[:-1]] if all_items.size else all_items > 0
+    starts = np.flatnonzero(first)
+    uniq = all_items[starts]
+    merged = (
+        np.bitwise_or.reduceat(all_flags, starts).astype(np.int16)
+        if starts.size
+        else np.zeros(0, dtype=np.int16)
+    )
+    matrix = sp.csr_matrix(
+        (merged, uniq.astype(np.int32), np.array([0, uniq.size])), shape=(1, n_items)
+    )
+    als_score = np.zeros(uniq.size, dtype=np.float32)
+    if als_user is not None:
+        assert als is not None and als.item_factors_ is not None
+        # the batch path's arithmetic (row-wise einsum), so both give equal scores
+        users = np.broadcast_to(als_user, (uniq.size, als_user.size))
+        als_score = np.einsum("ij,ij->i", users, als.item_factors_[uniq]).astype(np.float32)
+    knn_score = knn_dense[uniq] if knn_dense is not None else np.zeros(uniq.size, dtype=np.float32)
+    return Candidates(
+        rows=np.array([row], dtype=np.int64),
+        matrix=matrix,
+        als_score=als_score,
+        knn_score=knn_score,
+    )

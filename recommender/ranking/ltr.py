@@ -26,6 +26,8 @@ __all__ = ["LTRRanker", "RankerStateError"]
 
 RANKER_SCHEMA = "encore.ltr/1"
 MODEL_FILE = "ranker.txt"
+#: Predictions on fewer rows run on one thread (see :meth:`LTRRanker.predict`).
+SMALL_PREDICT = 5_000
 META_FILE = "ranker.json"
 
 
@@ -178,15 +180,16 @@ class LTRRanker:
     def predict(self, features: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
         """Scores of feature rows (higher ranks first), float64.
 
-        ``num_threads`` overrides the training threads: 1 for a single
-        customer's few hundred rows, where starting threads costs more than
-        it saves.
+        ``num_threads`` defaults to the training threads, except below
+        :data:`SMALL_PREDICT` rows (one customer's candidates), which take
+        one thread: waking a pool of OpenMP threads costs more than the trees,
+        and many times more when the cores are busy.
         """
         self._check_fitted()
         x = self._check_matrix(features)
-        kw: dict[str, Any] = {"num_iteration": self.best_iteration_}
-        if num_threads is not None:
-            kw["num_threads"] = num_threads
+        if num_threads is None:
+            num_threads = 1 if x.shape[0] < SMALL_PREDICT else self.num_threads
+        kw: dict[str, Any] = {"num_iteration": self.best_iteration_, "num_threads": num_threads}
         return np.asarray(self.booster_.predict(x, **kw), dtype=np.float64)
 
     def feature_importance(self, kind: str = "gain") -> dict[str, float]:

@@ -14,7 +14,7 @@ generated 5-million-line log of 500,000 customers, with peak memory.
 
 Usage::
 
-    python bench/bench_ranker.py [--presets demo grocery fashion] [--label days|binary]
+    python bench/bench_ranker.py [--presets demo grocery fashion] [--label binary|days]
                                  [--predict] [--scale]
 """
 
@@ -240,7 +240,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="*", default=["demo", "grocery", "fashion"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--label", choices=["days", "binary"], default="days")
+    ap.add_argument("--label", choices=["days", "binary"], default="binary")
     ap.add_argument("--threads", type=int, default=2, help="LightGBM / ALS threads")
     ap.add_argument("--predict", action="store_true", help="time the one-customer path")
     ap.add_argument("--scale", action="store_true", help="time every part on 5M lines")

@@ -37,6 +37,7 @@ from recommender.ranking.two_stage import (
     TwoStageConfig,
     build_training_set,
     evaluate_two_stage,
+    fit_for_publishing,
     fit_stage,
     judge,
     judged_customers,
@@ -196,6 +197,21 @@ def test_random_shop_reports_an_honest_verdict() -> None:
     assert rep.judgement.best_baseline == best
     assert rep.judgement.beats_best == (m["ranker"]["ndcg@10"] > m[best]["ndcg@10"])
     assert rep.judgement.serve == ("ranker" if rep.judgement.beats_best else best)
+
+
+def test_publishing_trains_on_the_last_window_and_serves_as_of_the_end(
+    shop: PurchaseLines,
+) -> None:
+    published = fit_for_publishing(shop, DAYS, CONFIG)
+    assert published.stage.cutoff == DAYS
+    assert (
+        published.stage.snapshot.cust_baskets.sum() == build_snapshot(shop, DAYS).cust_baskets.sum()
+    )
+    v = published.validation
+    assert v.metrics["ranker"]["customers"] > 50
+    assert published.serve == v.serve == "ranker"
+    items, _ = rank_customers(published.stage, published.ranker, np.arange(5), 10)
+    assert (items >= 0).all()
 
 
 # -- candidates -----------------------------------------------------------------

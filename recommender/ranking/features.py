@@ -701,7 +701,7 @@ def pair_features(
         np.float32
     )
     if timing is not None:
-        pred = timing.predict(horizon_days, c_safe, as_of_day=None)
+        pred = timing.predict(horizon_days, c_safe, as_of_day=max(cut, float(timing.as_of_day_)))
         out[:, col["cust_p_active"]] = np.where(has, pred["p_active"], np.nan)
         out[:, col["cust_expected_purchases"]] = np.where(has, pred["expected_purchases"], np.nan)
 

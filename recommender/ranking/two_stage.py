@@ -54,6 +54,7 @@ from recommender.ranking.ltr import LTRRanker
 from recommender.ranking.metrics import evaluate_rankings, split_relevant
 from recommender.ranking.repeat_baselines import PTopFreqRecommender, TIFUKNNRecommender
 from recommender.timing.repurchase import RepurchaseModel
+from recommender.timing.selection import PurchaseTimingModel
 
 __all__ = [
     "Judgement",
@@ -86,15 +87,22 @@ class TwoStageConfig:
     training rows: a 500,000-customer shop does not need features for every pair."""
     valid_share: float = 0.2
     """Share of the training customers held out for early stopping."""
-    label: str = "days"
-    """``days``: distinct days the item was bought in the window (capped at
-    ``max_label``); ``binary``: bought or not."""
+    label: str = "binary"
+    """``binary``: bought in the window or not, the relevance the lists are
+    judged by; ``days``: distinct days of purchase in the window (capped at
+    ``max_label``). On the generated shops the two came out level (within
+    0.003 nDCG@10 either way), so the label matches the judge."""
     max_label: int = 3
     """Cap of the graded label."""
     block_size: int = 2048
     """Customers per block of candidates and features."""
     use_repurchase: bool = True
     """Fit the buy-again model for the ``buy_again_p`` feature."""
+    use_timing: bool = False
+    """Fit BG/NBD (:class:`PurchaseTimingModel`, ``bgnbd`` only) for the
+    ``cust_p_active`` and ``cust_expected_purchases`` features. Off by
+    default: their inputs (baskets, recency, tenure) are features already and
+    the trees learn each shop's mix of them."""
     knn_neighbours: int = 100
     """Neighbours per item of the item-kNN source."""
     max_eval_customers: int | None = None
@@ -123,6 +131,7 @@ class StageModels:
     knn: ItemKNNRecommender | None
     repurchase: RepurchaseModel | None
     config: TwoStageConfig
+    timing: PurchaseTimingModel | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -141,6 +150,7 @@ class StageModels:
             self.snapshot,
             candidates,
             repurchase=self.repurchase,
+            timing=self.timing,
             horizon_days=float(self.config.window_days),
         )
 
@@ -178,7 +188,17 @@ def fit_stage(lines: PurchaseLines, cutoff: int, config: TwoStageConfig) -> Stag
             n_items=lines.n_items,
         )
         seconds["repurchase"] = time.perf_counter() - t
-    return StageModels(snapshot, als, knn, repurchase, config, seconds)
+    timing: PurchaseTimingModel | None = None
+    if config.use_timing and len(past):
+        t = time.perf_counter()
+        timing = PurchaseTimingModel(candidates=("bgnbd",)).fit(
+            np.asarray(past.customer_rows, dtype=np.int64),
+            np.asarray(past.days, dtype=np.float64),
+            as_of_day=float(cutoff),
+            n_customers=lines.n_customers,
+        )
+        seconds["timing"] = time.perf_counter() - t
+    return StageModels(snapshot, als, knn, repurchase, config, timing, seconds)
 
 
 def window_labels(lines: PurchaseLines, start: int, end: int) -> sp.csr_matrix:

@@ -164,9 +164,10 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def bench_scale(seed: int, config: TwoStageConfig) -> None:
-    """Every part of the two-stage model on 5 million lines of 500,000 customers."""
-    n_c, n_i, n_lines = 500_000, 50_000, 5_000_000
+def bench_scale(seed: int, config: TwoStageConfig, n_lines: int = 5_000_000) -> None:
+    """Every part of the two-stage model on 5 million lines of 500,000 customers
+    (10 lines per customer, 100 per item at other sizes)."""
+    n_c, n_i = n_lines // 10, n_lines // 100
     t = time.perf_counter()
     frame = generate_interactions(n_c, n_i, n_lines, seed=seed)
     lines = PurchaseLines(
@@ -264,6 +265,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="LightGBM / ALS threads")
     ap.add_argument("--predict", action="store_true", help="time the one-customer path")
     ap.add_argument("--scale", action="store_true", help="time every part on 5M lines")
+    ap.add_argument("--scale-lines", type=int, default=5_000_000, help="lines of --scale")
     args = ap.parse_args()
     config = TwoStageConfig(
         window_days=WINDOW,
@@ -277,7 +279,7 @@ def main() -> None:
     if args.predict:
         bench_predict(args.seed, config)
     if args.scale:
-        bench_scale(args.seed, config)
+        bench_scale(args.seed, config, args.scale_lines)
 
 
 if __name__ == "__main__":

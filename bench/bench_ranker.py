@@ -187,7 +187,7 @@ def bench_scale(seed: int, config: TwoStageConfig, n_lines: int = 5_000_000) -> 
 
     t = time.perf_counter()
     counts = lines.before(t1).line_matrix()
-    bare = ALSRecommender(num_threads=config.num_threads).fit(apply_weighting(counts, "bm25"))
+    bare = ALSRecommender(num_threads=config.fit_threads).fit(apply_weighting(counts, "bm25"))
     bare_s = time.perf_counter() - t
     del bare, counts
     print(f"bare ALS fit (matrix + bm25 + fit) {bare_s:.1f} s")
@@ -262,7 +262,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--windows", type=int, default=3, help="most training label windows")
     ap.add_argument("--label", choices=["days", "binary"], default="binary")
-    ap.add_argument("--threads", type=int, default=2, help="LightGBM / ALS threads")
+    ap.add_argument("--threads", type=int, default=1, help="LightGBM threads")
     ap.add_argument("--predict", action="store_true", help="time the one-customer path")
     ap.add_argument("--scale", action="store_true", help="time every part on 5M lines")
     ap.add_argument("--scale-lines", type=int, default=5_000_000, help="lines of --scale")

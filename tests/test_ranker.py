@@ -114,6 +114,7 @@ CONFIG = TwoStageConfig(
     candidates=CandidateConfig(n_history=60, n_als=20, n_knn=20, n_per_category=5, n_popular=10),
     ranker={"n_estimators": 120, "min_data_in_leaf": 40},
     num_threads=1,
+    fit_threads=1,
 )
 
 

@@ -302,14 +302,16 @@ def _category_candidates(
 def _best(values: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` largest finite ``values``, best first, ties to the
     lower position (the order of :func:`top_k`)."""
-    finite = np.flatnonzero(np.isfinite(values))
-    if finite.size > 4 * k and values.size > 1024:
+    if values.size > 4 * k and values.size > 1024:
         # a partition finds the k-th value; only entries reaching it are sorted
-        v = values[finite]
-        kth = np.partition(v, v.size - k)[v.size - k]
-        finite = finite[v >= kth]
-    order = np.lexsort((finite, -values[finite]))
-    return finite[order[:k]]
+        # (two passes over a catalog-long row instead of a sort)
+        kth = np.partition(values, values.size - k)[values.size - k]
+        pos = np.flatnonzero(values >= kth)
+        pos = pos[np.isfinite(values[pos])]
+    else:
+        pos = np.flatnonzero(np.isfinite(values))
+    order = np.lexsort((pos, -values[pos]))
+    return pos[order[:k]]
 
 
 def _one_customer(

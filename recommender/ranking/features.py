@@ -235,7 +235,7 @@ def _distinct(
     span = int(d.max()) - d_low + 1
     if float(c.max() + 1) * max(n_items, 1) * span < 2**62:
         key = (c * max(n_items, 1) + i) * span + (d - d_low)
-        key = np.unique(key)
+        key = _sorted_unique(key)
         pair, day = np.divmod(key, span)
         cc, ii = np.divmod(pair, max(n_items, 1))
         return cc, ii, day + d_low
@@ -243,6 +243,15 @@ def _distinct(
     c, i, d = c[order], i[order], d[order]
     new = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1]) | (d[1:] != d[:-1])]
     return c[new], i[new], d[new]
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique`` of integer keys by one sort: numpy's hash-based unique is
+    several times slower on millions of keys, and the keys are wanted sorted."""
+    out = np.sort(keys)
+    if out.size:
+        out = out[np.r_[True, out[1:] != out[:-1]]]
+    return out
 
 
 def _group_median(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
@@ -304,7 +313,11 @@ class ShopSnapshot:
     @property
     def n_active(self) -> int:
         """Customers with at least one purchase before the cutoff."""
-        return int((self.cust_baskets > 0).sum())
+        # cached: one customer's features must not count every customer
+        n = self.__dict__.get("_n_active")
+        if n is None:
+            n = self.__dict__["_n_active"] = int((self.cust_baskets > 0).sum())
+        return int(n)
 
     def history(self, values: str = "pair_days") -> sp.csr_matrix:
         """Customers x items CSR holding one pair statistic (default distinct days)."""
@@ -467,7 +480,7 @@ def build_snapshot(lines: PurchaseLines, cutoff: int, *, recent_days: int = 28) 
     span = int(d.max() - d.min() + 1) if d.size else 1
     d_low = int(d.min()) if d.size else 0
     basket_key = c * span + (d - d_low)
-    basket_keys = np.unique(basket_key)
+    basket_keys = _sorted_unique(basket_key)
     b_cust = basket_keys // span
     n_baskets = np.bincount(b_cust, minlength=n_c)
     first_basket = np.cumsum(n_baskets) - n_baskets
@@ -697,9 +710,8 @@ def pair_features(
     with np.errstate(invalid="ignore", divide="ignore"):
         out[:, col["cust_mean_gap"]] = np.where(baskets > 1, (last - first) / (baskets - 1), np.nan)
     out[:, col["cust_repeat_share"]] = np.where(has, snapshot.cust_repeat_share[c_safe], np.nan)
-    out[:, col["cust_items"]] = np.where(known_c, np.diff(snapshot.indptr)[c_safe], 0).astype(
-        np.float32
-    )
+    n_own = snapshot.indptr[c_safe + 1] - snapshot.indptr[c_safe]
+    out[:, col["cust_items"]] = np.where(known_c, n_own, 0).astype(np.float32)
     if timing is not None:
         pred = timing.predict(horizon_days, c_safe, as_of_day=max(cut, float(timing.as_of_day_)))
         out[:, col["cust_p_active"]] = np.where(has, pred["p_active"], np.nan)

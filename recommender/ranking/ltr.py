@@ -50,8 +50,11 @@ class LTRRanker:
     early_stopping_rounds
         Rounds without a better validation nDCG@10 before training stops.
     num_threads
-        LightGBM threads for training (2: the cores of the target machine;
-        more threads than cores slow LightGBM down).
+        LightGBM threads. One by default: LightGBM's OpenMP threads wait for
+        each other at every histogram step, and on the 2-core target machine,
+        with another job on one core, two threads trained 4 to 7 times slower
+        than one (bench/bench_ranker.py notes); one thread is never more than
+        about twice off the best case.
     seed
         Seed of every random choice (``deterministic=True`` as well).
     """
@@ -67,7 +70,7 @@ class LTRRanker:
         feature_fraction: float = 0.9,
         lambda_l2: float = 1.0,
         early_stopping_rounds: int = 30,
-        num_threads: int = 2,
+        num_threads: int = 1,
         seed: int = 0,
     ) -> None:
         self.features = tuple(features)
@@ -272,7 +275,7 @@ class LTRRanker:
             feature_fraction=float(params.get("feature_fraction", 0.9)),
             lambda_l2=float(params.get("lambda_l2", 1.0)),
             early_stopping_rounds=int(hyper.get("early_stopping_rounds", 30)),
-            num_threads=int(params.get("num_threads", 2)),
+            num_threads=int(params.get("num_threads", 1)),
             seed=int(params.get("seed", 0)),
         )
         ranker.booster_ = booster

@@ -115,8 +115,11 @@ class TwoStageConfig:
     """Neighbours per item of the item-kNN source."""
     max_eval_customers: int | None = None
     """At most this many customers are judged (a seeded sample)."""
-    num_threads: int = 2
-    """Threads of LightGBM (and of the ALS and kNN fits)."""
+    num_threads: int = 1
+    """Threads of LightGBM (see :class:`LTRRanker`)."""
+    fit_threads: int = 0
+    """Threads of the ALS, item-kNN and TIFU-KNN fits (``implicit``'s; 0: all
+    cores)."""
     seed: int = 0
     ranker: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of :class:`LTRRanker` (its defaults otherwise)."""
@@ -180,7 +183,7 @@ def fit_stage(lines: PurchaseLines, cutoff: int, config: TwoStageConfig) -> Stag
     knn: ItemKNNRecommender | None = None
     if counts.nnz:
         t = time.perf_counter()
-        als = ALSRecommender(random_state=config.seed, num_threads=config.num_threads)
+        als = ALSRecommender(random_state=config.seed, num_threads=config.fit_threads)
         als.fit(apply_weighting(counts, "bm25"))
         seconds["als"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -386,7 +389,7 @@ def fit_baselines(lines: PurchaseLines, stage: StageModels) -> dict[str, Recomme
         "popularity": PopularityRecommender().fit(counts),
         "personal_frequency": PersonalFrequencyRecommender().fit(counts),
         "p_topfreq": PTopFreqRecommender().fit_events(c, i, d, past.n_customers, past.n_items),
-        "tifu_knn": TIFUKNNRecommender(num_threads=stage.config.num_threads).fit_events(
+        "tifu_knn": TIFUKNNRecommender(num_threads=stage.config.fit_threads).fit_events(
             c, i, d, past.n_customers, past.n_items
         ),
     }

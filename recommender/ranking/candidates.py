@@ -314,6 +314,14 @@ def _best(values: np.ndarray, k: int) -> np.ndarray:
     return pos[order[:k]]
 
 
+def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_keys)`` for sorted ``sorted_keys``."""
+    if sorted_keys.size == 0:
+        return np.zeros(values.size, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return np.asarray(sorted_keys[pos] == values)
+
+
 def _one_customer(
     row: int,
     snapshot: ShopSnapshot,
@@ -365,11 +373,10 @@ def _one_customer(
             np.float32
         )
         if cfg.n_knn > 0:
-            hit = np.zeros(n_items, dtype=bool)
-            hit[sim_t.indices[take]] = True
-            masked = np.where(hit, knn_dense, -np.inf)
-            masked[own] = -np.inf
-            offer(_best(masked, cfg.n_knn), KNN)
+            # only the items a neighbour reaches compete (not the whole catalog)
+            reached = np.unique(sim_t.indices[take]).astype(np.int64)
+            reached = reached[~_isin_sorted(reached, own)]
+            offer(reached[_best(knn_dense[reached], cfg.n_knn)], KNN)
     if known and cfg.n_categories > 0 and cfg.n_per_category > 0 and snapshot.n_categories > 0:
         c_lo, c_hi = int(snapshot.cat_indptr[row]), int(snapshot.cat_indptr[row + 1])
         cats = snapshot.cat_indices[c_lo:c_hi].astype(np.int64)

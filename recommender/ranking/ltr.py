@@ -44,7 +44,10 @@ class LTRRanker:
         Column names, in the order of every feature matrix given to the ranker.
     n_estimators
         Most boosting rounds; early stopping on the validation customers picks
-        the number actually kept.
+        the number actually kept. The cap bounds serving: LightGBM predicts 300
+        rows in about 6 microseconds per tree (31 leaves, one thread), so 150
+        trees stay near 1 ms of a 2 ms answer; early stopping kept fewer than
+        120 on every generated shop tried.
     learning_rate, num_leaves, min_data_in_leaf, feature_fraction, lambda_l2
         LightGBM's tree parameters.
     early_stopping_rounds
@@ -63,7 +66,7 @@ class LTRRanker:
         self,
         features: tuple[str, ...] | list[str],
         *,
-        n_estimators: int = 300,
+        n_estimators: int = 150,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
         min_data_in_leaf: int = 100,
@@ -268,7 +271,7 @@ class LTRRanker:
         params = meta.get("params", {})
         ranker = cls(
             features,
-            n_estimators=int(hyper.get("n_estimators", 300)),
+            n_estimators=int(hyper.get("n_estimators", 150)),
             learning_rate=float(params.get("learning_rate", 0.05)),
             num_leaves=int(params.get("num_leaves", 31)),
             min_data_in_leaf=int(params.get("min_data_in_leaf", 100)),

@@ -11,8 +11,10 @@ stage offers, so the sources cover both halves of a repeat-purchase shop:
 * ``POPULAR``: the most popular recent items overall.
 
 Every source works on a block of customers at once (sparse products and
-:func:`~recommender.ranking.base.top_k_sparse`, no loop per customer); a block
-of one customer is the serving call.
+:func:`~recommender.ranking.base.top_k_sparse`, no loop per customer). A block
+of one customer, the serving call, takes a numpy-only path with the same
+lists (kNN scores may differ in the last bits: they are summed in another
+order).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "CandidateConfig",
     "Candidates",
     "generate_candidates",
+    "pair_values",
 ]
 
 HISTORY, ALS, KNN, CATEGORY, POPULAR = 1, 2, 4, 8, 16
@@ -117,7 +120,7 @@ def generate_candidates(
         items).
     snapshot
         Histories and popularity as of the cutoff.
-    als, item_knn
+    als, knn
         Models fitted on the same lines (optional: without one, its source is
         empty and its score 0).
     config

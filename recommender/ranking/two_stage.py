@@ -6,7 +6,9 @@ window apart:
 
 1. fit ALS, item-kNN and the repurchase model on the lines before ``t0``,
    build candidates and features as of ``t0`` and labels from ``[t0, t1)``;
-   train the ranker, early stopping on held-out customers;
+   train the ranker, early stopping on held-out customers (with
+   ``train_windows`` above 1, earlier windows add queries while fewer than
+   ``max_train_customers`` were drawn);
 2. fit the same models on the lines before ``t1``, build candidates and
    features as of ``t1`` and judge the ranked lists on ``[t1, t2)`` beside
    every baseline fitted on the same lines, on the same customers.
@@ -17,6 +19,9 @@ serving features as of the end of the log.
 
 Fallback: when the ranker does not beat the best baseline's nDCG@10 on the
 judged window, the result says so and names the baseline to serve instead.
+
+Every list of the two-stage model comes from :func:`rank_customers`: the
+evaluation, a batch export in blocks and a single request share it.
 """
 
 from __future__ import annotations
@@ -61,12 +66,18 @@ __all__ = [
     "PublishedRanker",
     "StageModels",
     "TwoStageConfig",
+    "TrainingSet",
     "TwoStageReport",
     "build_training_set",
+    "candidate_recall",
     "evaluate_two_stage",
+    "fit_baselines",
     "fit_for_publishing",
     "fit_stage",
+    "judge",
+    "judged_customers",
     "rank_customers",
+    "train_ranker",
     "window_labels",
 ]
 

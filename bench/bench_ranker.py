@@ -198,6 +198,9 @@ def bench_scale(seed: int, config: TwoStageConfig, n_lines: int = 5_000_000) -> 
         n_i,
         quantity=frame["quantity"].to_numpy(),
         price=frame["price"].to_numpy(),
+        # the generated log has no catalog: 100 arbitrary categories exercise
+        # the category source and features at this size
+        item_category=np.random.default_rng(seed).integers(100, size=n_i),
     )
     del frame
     print(f"\n== scale: {n_lines:,} lines, {n_c:,} customers, {n_i:,} items ==")

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.base import top_k, top_k_sparse
 from recommender.ranking.baselines import ItemKNNRecommender
-from recommender.ranking.features import ShopSnapshot
+from recommender.ranking.features import ShopSnapshot, pair_values
 
 __all__ = [
     "ALS",
@@ -221,23 +221,6 @@ def _als_pair_scores(als: ALSRecommender, users: np.ndarray, items: np.ndarray) 
     return out
 
 
-def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``matrix[rows, cols]`` for many pairs (0 where nothing is stored)."""
-    m = sp.csr_matrix(matrix)
-    m.sort_indices()
-    n_cols = m.shape[1]
-    stored = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    keys = stored * n_cols + m.indices
-    want = rows * n_cols + cols
-    pos = np.searchsorted(keys, want)
-    pos_c = np.minimum(pos, max(keys.size - 1, 0))
-    out = np.zeros(want.size, dtype=np.float32)
-    if keys.size:
-        hit = (pos < keys.size) & (keys[pos_c] == want)
-        out[hit] = m.data[pos[hit]]
-    return out
-
-
 def _category_table(snapshot: ShopSnapshot, per: int) -> np.ndarray:
     """``(categories, per)``: each category's most popular recent items, ``-1``
     padded; kept with the snapshot (it depends on nothing else)."""
@@ -288,9 +271,7 @@ def _category_candidates(
     """Popular items of each customer's top categories."""
     per = cfg.n_per_category
     table = _category_table(snapshot, per)
-    mix = sp.csr_matrix(snapshot.category_matrix()[rows])
-    mix = sp.csr_matrix(sp.diags(known.astype(np.float32)) @ mix)
-    mix.eliminate_zeros()
+    mix = snapshot.category_rows(np.where(known, rows, -1))
     top_cats, _ = top_k_sparse(
         mix, np.full(mix.shape[1], -np.inf, dtype=np.float32), cfg.n_categories
     )

@@ -49,6 +49,7 @@ __all__ = [
     "ShopSnapshot",
     "build_snapshot",
     "pair_features",
+    "pair_values",
 ]
 
 SNAPSHOT_SCHEMA = "encore.snapshot/1"
@@ -338,6 +339,21 @@ class ShopSnapshot:
         take = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
         data = np.asarray(getattr(self, values), dtype=np.float32)[take]
         return sp.csr_matrix((data, self.indices[take], indptr), shape=(rows.size, self.n_items))
+
+    def category_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """``category_matrix()[rows]`` from the customers' own slices; rows
+        outside the snapshot come back empty."""
+        rows = np.asarray(rows, dtype=np.int64)
+        known = (rows >= 0) & (rows < self.n_customers)
+        safe = np.where(known, rows, 0)
+        starts = self.cat_indptr[safe]
+        counts = np.where(known, self.cat_indptr[safe + 1] - starts, 0)
+        indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        take = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+        return sp.csr_matrix(
+            (self.cat_share[take], self.cat_indices[take], indptr),
+            shape=(rows.size, max(self.n_categories, 1)),
+        )
 
     def category_matrix(self) -> sp.csr_matrix:
         """Customers x categories: share of each customer's purchases per category."""
@@ -739,15 +755,7 @@ def _buy_again(
     # one row of probabilities per distinct customer, then a keyed lookup
     uniq, inverse = np.unique(cust[known], return_inverse=True)
     probs = model.score_customers(uniq, horizon, as_of_day=max(cutoff, model.as_of_day_))
-    probs.sort_indices()
-    rows = np.repeat(np.arange(uniq.size, dtype=np.int64), np.diff(probs.indptr))
-    keys = rows * model.n_items_ + probs.indices
-    want = inverse.astype(np.int64) * model.n_items_ + item[known]
-    pos = np.searchsorted(keys, want)
-    pos_c = np.minimum(pos, max(keys.size - 1, 0))
-    hit = (pos < keys.size) & (keys[pos_c] == want) if keys.size else np.zeros(want.size, bool)
-    vals = np.zeros(want.size, dtype=np.float32)
-    vals[hit] = probs.data[pos[hit]]
+    vals = pair_values(probs, inverse, item[known])
     out[known] = vals
     return out
 
@@ -766,25 +774,26 @@ def _category_share(
     c_ok = cust[ok]
     if c_ok.size == 0:
         return out
-    if c_ok.min() == c_ok.max():
-        # one customer (the serving path): search their own slice only
-        base = int(snapshot.cat_indptr[c_ok[0]])
-        end = int(snapshot.cat_indptr[c_ok[0] + 1])
-        keys = snapshot.cat_indices[base:end].astype(np.int64)
-        want = cat[ok]
-    else:
-        base = 0
-        rows = np.repeat(
-            np.arange(snapshot.n_customers, dtype=np.int64), np.diff(snapshot.cat_indptr)
-        )
-        keys = rows * snapshot.n_categories + snapshot.cat_indices
-        want = c_ok * snapshot.n_categories + cat[ok]
-    if keys.size == 0:
-        return out
-    pos = np.searchsorted(keys, want)
-    pos_c = np.minimum(pos, max(keys.size - 1, 0))
-    hit = (pos < keys.size) & (keys[pos_c] == want) if keys.size else np.zeros(want.size, bool)
-    vals = np.zeros(want.size, dtype=np.float32)
-    vals[hit] = snapshot.cat_share[base + pos[hit]]
+    # only the block's own customers: keys over every customer would cost a
+    # pass over the whole table per block of a batch export
+    uniq, inverse = np.unique(c_ok, return_inverse=True)
+    vals = pair_values(snapshot.category_rows(uniq), inverse, cat[ok])
     out[ok] = vals
+    return out
+
+
+def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``matrix[rows, cols]`` for many pairs as float32 (0 where nothing is stored)."""
+    m = sp.csr_matrix(matrix)
+    m.sort_indices()
+    n_cols = m.shape[1]
+    stored = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    keys = stored * n_cols + m.indices
+    want = np.asarray(rows, dtype=np.int64) * n_cols + np.asarray(cols, dtype=np.int64)
+    out = np.zeros(want.size, dtype=np.float32)
+    if keys.size:
+        pos = np.searchsorted(keys, want)
+        pos_c = np.minimum(pos, keys.size - 1)
+        hit = (pos < keys.size) & (keys[pos_c] == want)
+        out[hit] = m.data[pos[hit]]
     return out

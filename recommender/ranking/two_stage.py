@@ -46,7 +46,6 @@ from recommender.ranking.candidates import (
     CandidateConfig,
     Candidates,
     generate_candidates,
-    pair_values,
 )
 from recommender.ranking.features import (
     FEATURES,
@@ -54,6 +53,7 @@ from recommender.ranking.features import (
     ShopSnapshot,
     build_snapshot,
     pair_features,
+    pair_values,
 )
 from recommender.ranking.ltr import LTRRanker
 from recommender.ranking.metrics import evaluate_rankings, split_relevant

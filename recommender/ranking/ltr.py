@@ -44,20 +44,18 @@ class LTRRanker:
         Column names, in the order of every feature matrix given to the ranker.
     n_estimators
         Most boosting rounds; early stopping on the validation customers picks
-        the number actually kept. The cap bounds serving: LightGBM predicts 300
-        rows in about 6 microseconds per tree (31 leaves, one thread), so 150
-        trees stay near 1 ms of a 2 ms answer; early stopping kept fewer than
-        120 on every generated shop tried.
+        the number actually kept. The cap bounds serving: prediction time
+        grows with the trees, and one customer's few hundred rows must be
+        scored within a request's budget; early stopping usually keeps fewer.
     learning_rate, num_leaves, min_data_in_leaf, feature_fraction, lambda_l2
         LightGBM's tree parameters.
     early_stopping_rounds
         Rounds without a better validation nDCG@10 before training stops.
     num_threads
         LightGBM threads. One by default: LightGBM's OpenMP threads wait for
-        each other at every histogram step, and on the 2-core target machine,
-        with another job on one core, two threads trained 4 to 7 times slower
-        than one (bench/bench_ranker.py notes); one thread is never more than
-        about twice off the best case.
+        each other at every histogram step, so on a 2-core machine where
+        another job holds a core, two threads train several times slower than
+        one, while one thread is at worst about twice off the best case.
     seed
         Seed of every random choice (``deterministic=True`` as well).
     """

@@ -102,15 +102,15 @@ class TwoStageConfig:
     """Most label windows the ranker learns from, the newest first, each with
     its own models and features as of its start. An older window is added
     only while fewer than ``max_train_customers`` customers were drawn: a
-    small shop gets more queries (on the generated shops three windows beat
-    one in every case tried), a large one fits its models once."""
+    small shop, whose one window holds few queries for early stopping to
+    judge by, gets more of them; a large one fits its models once."""
     valid_share: float = 0.2
     """Share of the training customers held out for early stopping."""
     label: str = "binary"
     """``binary``: bought in the window or not, the relevance the lists are
     judged by; ``days``: distinct days of purchase in the window (capped at
-    ``max_label``). On the generated shops the two came out level (within
-    0.003 nDCG@10 either way), so the label matches the judge."""
+    ``max_label``), which weighs items bought often above those bought once,
+    a preference the binary judge does not share."""
     max_label: int = 3
     """Cap of the graded label."""
     block_size: int = 2048

@@ -30,14 +30,20 @@ def cdnow_csv(tmp_path_factory):
         dtype={2: str},
         names=["master", "customer_id", "date", "quantity", "value"],
     )
-    out = pd.DataFrame(
-        {
-            "customer_id": raw["customer_id"].astype(str),
-            "item_id": "CD",
-            "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d").dt.strftime("%Y-%m-%d"),
-            "quantity": raw["quantity"],
-            "price": (raw["value"] / raw["quantity"].clip(lower=1)).round(2),
-        }
+    # One row per customer and day, priced at the day's dollar value: an order
+    # as the spend model reads it (same-day lines summed), and no two rows
+    # alike for the log's check to drop as duplicates.
+    out = (
+        pd.DataFrame(
+            {
+                "customer_id": raw["customer_id"].astype(str),
+                "item_id": "CD",
+                "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d").dt.strftime("%Y-%m-%d"),
+                "price": raw["value"],
+            }
+        )
+        .groupby(["customer_id", "item_id", "timestamp"], as_index=False, sort=False)["price"]
+        .sum()
     )
     path = tmp_path_factory.mktemp("cdnow") / "cdnow.csv"
     out.to_csv(path, index=False)

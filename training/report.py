@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from recommender.answers import Answerer, AnswerError, timing_table
+from recommender.answers import Answerer, AnswerError
 from recommender.store.bundle import Bundle
 
 RANKING_COLUMNS = ("ndcg@10", "recall@20", "map@10", "coverage@10", "customers")
@@ -296,9 +296,11 @@ def _timing_section(m: dict[str, Any], bundle: Bundle, calibration: bytes | None
         + _img(calibration, "calibration plot")
     )
     if bundle.timing is not None:
-        days = timing_table(bundle, np.arange(bundle.n_customers), 30.0, rounded=False)
+        # the median is timing_table's column as is; asked of the model alone,
+        # without the value columns' lifetime sums over every customer
+        days = bundle.timing.predict(30.0)["median_days_to_next"]
         png = _histogram_png(
-            days["median_days_to_next"].to_numpy(dtype=float),
+            np.asarray(days, dtype=float),
             "Predicted days to the next purchase (median, capped at 365)",
             "days",
         )

@@ -334,7 +334,7 @@ def fit_spend(
             "the spend model's independence assumption is weak"
         )
     try:
-        model = GammaGammaModel().fit(summary.frequency, summary.monetary)
+        model = _fit_gamma_gamma(summary, task.cfg)
     except Exception as exc:
         warn(f"spend model not published: {exc}")
         return None, None, {"spend": {**out, "skipped": str(exc)}}
@@ -346,6 +346,14 @@ def fit_spend(
     except Exception as exc:  # reported; publishing depends on the final fit only
         warn(f"spend model could not be evaluated: {exc}")
     return model, summary, {"spend": out}
+
+
+def _fit_gamma_gamma(summary: SpendSummary, cfg: TrainConfig) -> GammaGammaModel:
+    """The spend model fitted on a seeded sample of at most
+    ``cfg.max_spend_fit_customers`` repeat buyers (all of them in most shops)."""
+    buyers = np.flatnonzero(summary.frequency > 0)
+    use = seeded_subset(buyers, cfg.max_spend_fit_customers, cfg.seed)
+    return GammaGammaModel().fit(summary.frequency[use], summary.monetary[use])
 
 
 def _judge_spend(
@@ -364,7 +372,7 @@ def _judge_spend(
         before = h.where(h.day < task.cut_day)
         assert before.value is not None
         summary = summarize_spend(before.customer, before.day, before.value, task.n_customers)
-        model = GammaGammaModel().fit(summary.frequency, summary.monetary)
+        model = _fit_gamma_gamma(summary, task.cfg)
     else:
         model = published
     on = task.judged_on

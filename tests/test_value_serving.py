@@ -182,3 +182,45 @@ def test_spend_files_are_checked_on_load(priced, tmp_path):
     with pytest.raises(CorruptArtifactError):  # its size or shape
         load_bundle(models, bad.name, verify_hashes=False)
     assert load_bundle(models, path.name).spend is None
+
+
+def _timing_step(frame: pd.DataFrame):
+    from recommender.data.ids import IdIndex
+    from training.config import TrainConfig
+    from training.timing_step import fit_timing_models
+
+    frame = frame.copy()
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    customers = IdIndex.from_values(frame["customer_id"])
+    items = IdIndex.from_values(frame["item_id"])
+    end = frame["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    warnings: list[str] = []
+    fitted = fit_timing_models(frame, customers, items, end, TrainConfig(), warn=warnings.append)
+    return fitted, warnings
+
+
+def test_spend_that_depends_on_frequency_is_warned_about_and_free_orders_counted():
+    frame = generate_shop("demo", n_customers=N_CUSTOMERS, n_items=N_ITEMS, seed=1).transactions
+    fitted, warnings = _timing_step(frame)
+    calm = fitted.metrics["spend"]
+    assert abs(calm["frequency_correlation"]) < 0.3 and calm["nonpositive_orders"] == 0
+    assert not any("depends on frequency" in w for w in warnings)
+    assert "rmse" in calm and set(calm["baselines"]) == {"past_rate", "average_rate"}
+    assert calm["window"].startswith("last window") and "fit_before_window" in calm
+    # the customers who order most days spend most per order; some orders are free
+    days = pd.to_datetime(frame["timestamp"]).dt.normalize()
+    order_days = days.groupby(frame["customer_id"]).transform("nunique")
+    skewed = frame.assign(quantity=1, price=order_days.to_numpy() * 5.0)
+    free = skewed.index[skewed["customer_id"] == skewed["customer_id"].iloc[-1]]
+    skewed.loc[free, "price"] = 0.0
+    fitted, warnings = _timing_step(skewed)
+    spend = fitted.metrics["spend"]
+    assert spend["frequency_correlation"] > 0.3
+    assert any(
+        "order value depends on frequency here" in w
+        and "the spend model's independence assumption is weak" in w
+        for w in warnings
+    )
+    assert spend["nonpositive_orders"] > 0
+    assert any("of value 0 or less" in w for w in warnings)
+    assert fitted.spend is not None and fitted.health is not None

@@ -49,6 +49,8 @@ def _line_values(frame: pd.DataFrame) -> np.ndarray | None:
     price = frame["price"].to_numpy(dtype=np.float64)
     if not np.isfinite(price).any():
         return None
+    if "quantity" not in frame.columns:
+        return price
     return frame["quantity"].to_numpy(dtype=np.float64) * price
 
 

@@ -150,7 +150,7 @@ def fit_timing_models(
     # second thread while this one fits the next-purchase and spend models.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-timing-buy-again") as pool:
         buy_again = pool.submit(fit_buy_again, task, warn)
-        health = pool.submit(measure_health, task)
+        health = pool.submit(measure_health, task, warn)
         timing, judged, timing_metrics = fit_next_purchase(task, warn)
         spend, summary, spend_metrics = fit_spend(task, judged, warn)
         repurchase, repurchase_metrics = buy_again.result()
@@ -403,10 +403,16 @@ def _judge_spend(
     return out
 
 
-def measure_health(task: TimingTask) -> ShopHealth:
-    """The monthly repeat-purchase measures and cohort retention of the log."""
+def measure_health(task: TimingTask, warn: Warn) -> ShopHealth | None:
+    """The monthly repeat-purchase measures and cohort retention of the log
+    (None, with a warning, if they cannot be measured: they are reported, and
+    the models are published without them)."""
     h = task.history
-    return shop_health(h.customer, h.day, h.value)
+    try:
+        return shop_health(h.customer, h.day, h.value)
+    except Exception as exc:
+        warn(f"shop health not measured: {type(exc).__name__}: {exc}")
+        return None
 
 
 # ------------------------------------------------------------------ buy-again model

@@ -39,6 +39,7 @@ import pandas as pd
 from recommender.ranking.als_search import PRUNE_MIN_ITEMS, NormOrderedSearch
 from recommender.ranking.base import in_sorted, scratch_block, top_k
 from recommender.store.bundle import Bundle
+from recommender.value.clv import lifetime_value
 
 Strategy = Literal["personalized", "folded_in", "popular"]
 ErrorKind = Literal["bad_request", "unavailable"]
@@ -677,7 +678,70 @@ TIMING_COLUMNS = [
     "p_purchase",
     "median_days_to_next",
     "next_purchase_date",
+    "expected_order_value",
+    "expected_spend",
+    "clv",
 ]
+VALUE_COLUMNS = ["expected_order_value", "expected_spend", "clv"]
+DUE_SORTS = ("p_purchase", "expected_spend")
+DueSort = Literal["p_purchase", "expected_spend"]
+
+
+@dataclass(frozen=True)
+class ValueTerms:
+    """How lifetime value is counted.
+
+    Attributes
+    ----------
+    clv_horizon_days
+        How far ahead lifetime value counts.
+    annual_discount_rate
+        The yearly rate future spend is discounted at (0.1: a sale a year from
+        now is worth 1/1.1 of one today).
+    """
+
+    clv_horizon_days: float = 365.0
+    annual_discount_rate: float = 0.1
+
+
+def value_note(bundle: Bundle) -> str | None:
+    """Why a version's value columns are empty (None when they are not)."""
+    if bundle.spend is not None:
+        return None
+    reason = (bundle.manifest.get("metrics") or {}).get("spend", {}).get("skipped")
+    if reason:
+        return f"no spend figures: {reason}"
+    return (
+        "no spend figures: this model version has no spend model "
+        "(trained from a log without prices, or before spend models)"
+    )
+
+
+def _value_columns(
+    bundle: Bundle, rows: np.ndarray, expected_purchases: np.ndarray, terms: ValueTerms
+) -> dict[str, np.ndarray]:
+    """Expected order value, expected spend in the horizon and discounted
+    lifetime value of ``rows`` (NaN without a spend model)."""
+    if bundle.spend is None:
+        empty = np.full(len(rows), np.nan)
+        return {name: empty for name in VALUE_COLUMNS}
+    timing = _timing_model(bundle)
+    order_value = bundle.spend.expected_order_value(rows)
+
+    def purchases_by(t: float) -> np.ndarray:
+        return np.asarray(timing.predict(t, rows)["expected_purchases"], dtype=np.float64)
+
+    clv = lifetime_value(
+        purchases_by,
+        order_value,
+        horizon_days=terms.clv_horizon_days,
+        annual_discount_rate=terms.annual_discount_rate,
+    )
+    return {
+        "expected_order_value": order_value,
+        "expected_spend": np.asarray(expected_purchases, dtype=np.float64) * order_value,
+        "clv": clv,
+    }
 
 
 def purchase_dates(as_of: pd.Timestamp, median_days: np.ndarray) -> np.ndarray:
@@ -702,7 +766,11 @@ def purchase_dates(as_of: pd.Timestamp, median_days: np.ndarray) -> np.ndarray:
 
 
 def _timing_frame(
-    bundle: Bundle, pred: dict[str, np.ndarray], ids: np.ndarray, rounded: bool
+    bundle: Bundle,
+    pred: dict[str, np.ndarray],
+    value: dict[str, np.ndarray],
+    ids: np.ndarray,
+    rounded: bool,
 ) -> pd.DataFrame:
     def figure(x: np.ndarray, decimals: int) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -717,6 +785,8 @@ def _timing_frame(
             "p_purchase": figure(pred["p_purchase"], 6),
             "median_days_to_next": np.where(np.isfinite(med), figure(med, 2), np.nan),
             "next_purchase_date": purchase_dates(pd.Timestamp(bundle.manifest["as_of"]), med),
+            # money to the cent
+            **{name: figure(value[name], 2) for name in VALUE_COLUMNS},
         },
         columns=TIMING_COLUMNS,
     )
@@ -735,8 +805,9 @@ def timing_table(
     *,
     customer_ids: np.ndarray | None = None,
     rounded: bool = True,
+    terms: ValueTerms = ValueTerms(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> pd.DataFrame:
-    """The next-purchase figures of known customers over a horizon.
+    """The next-purchase and value figures of known customers over a horizon.
 
     Parameters
     ----------
@@ -749,8 +820,10 @@ def timing_table(
     customer_ids
         Ids to write (default: the bundle's ids of ``rows``).
     rounded
-        Round the figures to 6 decimals and the median to 2 (as the tables
-        people download are); ``False`` keeps them exact.
+        Round the figures to 6 decimals and the median and money to 2 (as the
+        tables people download are); ``False`` keeps them exact.
+    terms
+        The horizon and discount rate of lifetime value.
 
     Returns
     -------
@@ -758,7 +831,11 @@ def timing_table(
         Columns :data:`TIMING_COLUMNS`: customer_id, p_active,
         expected_purchases, p_purchase, median_days_to_next (NaN where none),
         next_purchase_date (ISO date, or ``""`` where the median is not finite;
-        see :func:`purchase_dates`).
+        see :func:`purchase_dates`), expected_order_value (the spend model's
+        expected value of the customer's next order), expected_spend
+        (expected purchases in the horizon times that), clv (discounted
+        expected spend over ``terms.clv_horizon_days``); the last three NaN
+        when the version has no spend model (see :func:`value_note`).
 
     Raises
     ------
@@ -769,49 +846,93 @@ def timing_table(
     rows = np.asarray(rows, dtype=np.int64)
     pred = timing.predict(horizon_days, rows)
     ids = bundle.customers.ids_[rows] if customer_ids is None else np.asarray(customer_ids)
-    return _timing_frame(bundle, pred, ids, rounded)
+    value = _value_columns(bundle, rows, pred["expected_purchases"], terms)
+    return _timing_frame(bundle, pred, value, ids, rounded)
+
+
+DUE_COLUMNS = [
+    "customer_id",
+    "p_purchase",
+    "p_active",
+    "expected_purchases",
+    "median_days_to_next",
+    "next_purchase_date",
+    *VALUE_COLUMNS,
+]
 
 
 def due_table(
-    bundle: Bundle, within_days: float, min_probability: float, limit: int
+    bundle: Bundle,
+    within_days: float,
+    min_probability: float,
+    limit: int,
+    *,
+    sort: DueSort = "p_purchase",
+    terms: ValueTerms = ValueTerms(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> pd.DataFrame:
     """Customers (with history) whose probability of buying within ``within_days``
-    is at least ``min_probability``, most likely first, at most ``limit``.
+    is at least ``min_probability``, at most ``limit``: most likely first, or
+    (``sort="expected_spend"``) most expected spend within ``within_days`` first.
 
     Returns
     -------
     pandas.DataFrame
-        The columns of :func:`timing_table` (figures rounded to 6 decimals),
-        ordered customer_id, p_purchase, p_active, expected_purchases,
-        median_days_to_next, next_purchase_date.
+        The columns of :func:`timing_table` (figures rounded as there), in the
+        order of :data:`DUE_COLUMNS`: customer_id, p_purchase, p_active,
+        expected_purchases, median_days_to_next, next_purchase_date,
+        expected_order_value, expected_spend, clv.
 
     Raises
     ------
     AnswerError
-        ``"unavailable"`` when the version has no next-purchase model.
+        ``"unavailable"`` when the version has no next-purchase model, or is
+        asked to sort by spend without a spend model; ``"bad_request"`` for
+        an unknown sort.
     """
+    if sort not in DUE_SORTS:
+        raise AnswerError("bad_request", f"sort must be one of {', '.join(DUE_SORTS)}")
     timing = _timing_model(bundle)
     p = timing.predict(within_days)
     has = np.asarray(p["has_history"], dtype=bool)
     prob = np.asarray(p["p_purchase"])
     sel = np.flatnonzero(has & (prob >= min_probability))
-    sel = sel[np.argsort(-prob[sel], kind="stable")][:limit]
+    if sort == "expected_spend":
+        if bundle.spend is None:
+            raise AnswerError("unavailable", f"cannot sort by expected_spend: {value_note(bundle)}")
+        key = np.asarray(p["expected_purchases"])[sel] * bundle.spend.expected_order_value(sel)
+    else:
+        key = prob[sel]
+    sel = sel[np.argsort(-key, kind="stable")][:limit]
     picked = {name: np.asarray(v)[sel] for name, v in p.items()}
-    table = _timing_frame(bundle, picked, bundle.customers.ids_[sel], True)
-    return table[
-        [
-            "customer_id",
-            "p_purchase",
-            "p_active",
-            "expected_purchases",
-            "median_days_to_next",
-            "next_purchase_date",
-        ]
-    ]
+    value = _value_columns(bundle, sel, picked["expected_purchases"], terms)
+    table = _timing_frame(bundle, picked, value, bundle.customers.ids_[sel], True)
+    return table[DUE_COLUMNS]
+
+
+def shop_metrics(bundle: Bundle) -> dict[str, Any]:
+    """The shop's health the version holds: monthly measures, cohort
+    retention, whether the log had prices, and notes.
+
+    Raises
+    ------
+    AnswerError
+        ``"unavailable"`` when the version has none (trained before shop
+        metrics, or with the timing models off).
+    """
+    if bundle.health is None:
+        raise AnswerError(
+            "unavailable",
+            f"model version {bundle.version} has no shop metrics (trained before they were "
+            "measured, or with --no-timing); retrain to get them",
+        )
+    return {"model_version": bundle.version, **bundle.health}
 
 
 __all__ = [
+    "DUE_COLUMNS",
+    "DUE_SORTS",
     "TIMING_COLUMNS",
+    "VALUE_COLUMNS",
     "Answer",
     "AnswerError",
     "Answerer",
@@ -819,7 +940,10 @@ __all__ = [
     "RankedRows",
     "Rules",
     "Strategy",
+    "ValueTerms",
     "due_table",
     "purchase_dates",
+    "shop_metrics",
     "timing_table",
+    "value_note",
 ]

@@ -116,6 +116,20 @@ class NextPurchase(BaseModel):
     median_days_to_next: float | None
     next_purchase_date: str | None
     note: str | None = None
+    expected_order_value: float | None = Field(
+        None, description="expected value of the customer's next order (spend model)"
+    )
+    expected_spend: float | None = Field(
+        None, description="expected spend within the horizon: expected purchases x order value"
+    )
+    clv: float | None = Field(
+        None, description="discounted expected spend over clv_horizon_days (lifetime value)"
+    )
+    clv_horizon_days: float
+    annual_discount_rate: float
+    value_note: str | None = Field(
+        None, description="why the value figures are null (no spend model in this version)"
+    )
     model_version: str
 
 
@@ -126,6 +140,9 @@ class DueCustomer(BaseModel):
     expected_purchases: float
     median_days_to_next: float | None
     next_purchase_date: str | None
+    expected_order_value: float | None
+    expected_spend: float | None
+    clv: float | None
 
 
 class DueCustomers(BaseModel):
@@ -133,6 +150,39 @@ class DueCustomers(BaseModel):
 
     model_version: str
     customers: list[DueCustomer]
+
+
+class ShopMonth(BaseModel):
+    month: str = Field(description="calendar month, YYYY-MM")
+    active_customers: int
+    new_customers: int
+    returning_customers: int
+    repurchase_rate: float | None = Field(
+        description="share of the month's customers who had bought before"
+    )
+    orders: int
+    orders_per_customer: float | None
+    revenue: float | None
+    average_order_value: float | None
+    returning_revenue_share: float | None
+
+
+class ShopCohort(BaseModel):
+    cohort: str = Field(description="month of the customers' first order, YYYY-MM")
+    size: int
+    retention: list[float] = Field(
+        description="share of the cohort buying in each month from the first (index 0) on"
+    )
+
+
+class ShopMetrics(BaseModel):
+    """The shop's repeat-purchase health, as measured on the version's log."""
+
+    model_version: str
+    months: list[ShopMonth]
+    cohorts: list[ShopCohort]
+    has_values: bool = Field(description="whether the log had prices (value measures)")
+    notes: list[str]
 
 
 class SimilarItem(Item):

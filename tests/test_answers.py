@@ -191,6 +191,14 @@ def test_next_purchase_rows_of_the_api_and_the_export_agree(
         n = client.get(f"/v1/customers/{row['customer_id']}/next-purchase").json()
         for col in ("p_active", "expected_purchases", "p_purchase"):
             assert row[col] == pytest.approx(round(n[col], 6), abs=1e-9), col
+        # money to the cent, from the one spend model (the shop has prices)
+        assert n["value_note"] is None
+        for col in ("expected_order_value", "expected_spend", "clv"):
+            assert n[col] is not None and n[col] >= 0, col
+            assert float(row[col]) == pytest.approx(round(n[col], 2), abs=1e-9), col
+        assert n["expected_spend"] == pytest.approx(
+            n["expected_purchases"] * n["expected_order_value"]
+        )
         if n["median_days_to_next"] is None:
             undated += 1
             assert row["median_days_to_next"] == "" and row["next_purchase_date"] == ""
@@ -206,12 +214,54 @@ def test_next_purchase_rows_of_the_api_and_the_export_agree(
     both = due.merge(table, on="customer_id", suffixes=("_due", ""))
     assert len(both) >= len(table) - undated
     for col in ("p_active", "expected_purchases", "p_purchase", "median_days_to_next",
-                "next_purchase_date"):  # fmt: skip
+                "next_purchase_date", "expected_order_value", "expected_spend",
+                "clv"):  # fmt: skip
         assert both[f"{col}_due"].tolist() == both[col].tolist(), col
     assert list(csv.reader(io.StringIO(r.text)))[0] == [
         "customer_id", "p_purchase", "p_active", "expected_purchases", "median_days_to_next",
-        "next_purchase_date",
+        "next_purchase_date", "expected_order_value", "expected_spend", "clv",
     ]  # fmt: skip
+
+
+def test_lifetime_value_terms_agree_and_matter(client, trained, bundle, sample, tmp_path):
+    """The clv horizon and discount rate mean the same on the API and the export."""
+    ids, ids_file = sample
+    out = tmp_path / "np.csv"
+    assert main(["next-purchase", "--models-dir", str(trained.models), "--customers",
+                 str(ids_file), "--clv-horizon-days", "90", "--discount-rate", "0",
+                 "--out", str(out)]) == 0  # fmt: skip
+    table = pd.read_csv(out, dtype={"customer_id": str})
+    for row in table.head(10).to_dict(orient="records"):
+        cid = row["customer_id"]
+        terms = {"clv_horizon_days": 90, "annual_discount_rate": 0}
+        short = client.get(f"/v1/customers/{cid}/next-purchase", params=terms).json()
+        default = client.get(f"/v1/customers/{cid}/next-purchase").json()
+        assert row["clv"] == pytest.approx(round(short["clv"], 2), abs=1e-9)
+        assert short["clv_horizon_days"] == 90 and default["clv_horizon_days"] == 365
+        # undiscounted over 90 days: expected purchases within 90 days x order value
+        p90 = client.get(f"/v1/customers/{cid}/next-purchase", params={"horizon_days": 90}).json()
+        assert short["clv"] == pytest.approx(p90["expected_spend"], rel=1e-9)
+        assert default["clv"] >= short["clv"]
+
+
+def test_due_by_expected_spend_is_sorted_and_agrees_with_encore_due(client, trained, tmp_path):
+    params = {"within_days": 30, "min_probability": 0.1, "limit": 1_000_000}
+    api = client.get(
+        "/v1/customers/due", params={**params, "format": "json", "sort": "expected_spend"}
+    ).json()["customers"]
+    spend = [r["expected_spend"] for r in api]
+    assert len(spend) > 10 and spend == sorted(spend, reverse=True)
+    by_p = client.get("/v1/customers/due", params={**params, "format": "json"}).json()
+    assert {r["customer_id"] for r in by_p["customers"]} == {r["customer_id"] for r in api}
+    assert [r["customer_id"] for r in by_p["customers"]] != [r["customer_id"] for r in api]
+    out = tmp_path / "due.csv"
+    assert main(["due", "--models-dir", str(trained.models), "--within-days", "30",
+                 "--min-probability", "0.1", "--sort", "expected_spend",
+                 "--out", str(out)]) == 0  # fmt: skip
+    table = pd.read_csv(out, dtype={"customer_id": str})
+    assert table["customer_id"].tolist() == [r["customer_id"] for r in api]
+    for col in ("expected_order_value", "expected_spend", "clv", "p_purchase"):
+        assert table[col].tolist() == pytest.approx([r[col] for r in api], abs=1e-9), col
 
 
 def test_the_date_rule():

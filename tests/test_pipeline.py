@@ -141,7 +141,10 @@ def test_a_version_is_published_with_a_complete_manifest(trained, log_path):
     assert man["schema_version"] == 1 and man["created_at"]
     assert man["libraries"]["numpy"] == np.__version__
     assert man["config"]["timing"] is False and man["config"]["als"]["factors"] == 16
-    assert man["components"] == {"als": True, "topn": True, "timing": False, "repurchase": False}
+    assert man["components"] == {
+        "als": True, "topn": True, "timing": False, "repurchase": False, "spend": False,
+        "health": False,
+    }  # fmt: skip
 
 
 def test_als_beats_popularity_on_taste_groups(trained):

@@ -510,6 +510,9 @@ def test_due_list_as_csv_and_json_agree(client):
         "expected_purchases",
         "median_days_to_next",
         "next_purchase_date",
+        "expected_order_value",
+        "expected_spend",
+        "clv",
     }
     assert [float(t["p_purchase"]) for t in table] == probs
     # no date is null in JSON, as in next-purchase; a date is an ISO date
@@ -555,7 +558,10 @@ def test_model_info_shows_the_version_and_its_metrics(client, trained):
     assert r.status_code == 200, r.text
     m = r.json()
     assert m["version"] == trained.version == current_version(trained.models)
-    assert m["components"] == {"als": True, "topn": True, "timing": True, "repurchase": True}
+    assert m["components"] == {
+        "als": True, "topn": True, "timing": True, "repurchase": True, "spend": True,
+        "health": True,
+    }  # fmt: skip
     assert m["data"]["customers"] <= N_CUSTOMERS and m["data"]["items"] == N_ITEMS
     ndcg = m["metrics"]["ranking"]["als"]["ndcg@10"]
     assert 0.0 < ndcg <= 1.0

@@ -162,3 +162,13 @@ def test_state_round_trip_and_errors(cdnow_fit):
         GammaGammaModel().expected_order_value(x, m)
     with pytest.raises(SpendFitError, match="at least 20"):
         GammaGammaModel().fit(np.ones(5), np.full(5, 10.0))
+
+
+def test_lifetime_value_of_a_horizon_far_shorter_than_a_step():
+    """A horizon that vanishes next to the step still counts its one period
+    (found by fuzzing the API with clv_horizon_days=1e-300)."""
+    rate, value = np.array([0.1]), np.array([20.0])
+    tiny = lifetime_value(lambda t: rate * t, value, horizon_days=1e-300, annual_discount_rate=0)
+    assert tiny.shape == (1,) and 0 <= tiny[0] < 1e-290
+    one_day = lifetime_value(lambda t: rate * t, value, horizon_days=1, annual_discount_rate=0)
+    assert one_day[0] == pytest.approx(2.0)

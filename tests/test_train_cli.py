@@ -57,7 +57,10 @@ def test_train_publishes_an_evaluated_version(trained):
     for key in ("rows", "customers", "items", "time_min", "time_max", "sha256"):
         assert key in man["data"]
     assert man["validation"]["rows_dropped"] == 0
-    assert man["components"] == {"als": True, "topn": True, "timing": True, "repurchase": True}
+    assert man["components"] == {
+        "als": True, "topn": True, "timing": True, "repurchase": True, "spend": True,
+        "health": True,
+    }  # fmt: skip
     assert "timing" in man["metrics"] and "buy_again" in man["metrics"]
     assert man["libraries"]["implicit"] != "not installed"
     assert len(man["config_hash"]) == 16

@@ -84,6 +84,28 @@ def _probability(text: str) -> float:
     return v
 
 
+def _value_options(p: argparse.ArgumentParser) -> None:
+    """The lifetime-value terms, as the API's query parameters name them."""
+    p.add_argument(
+        "--clv-horizon-days",
+        type=_positive_float,
+        default=365.0,
+        help="how far ahead lifetime value (clv) counts (default 365 days)",
+    )
+    p.add_argument(
+        "--discount-rate",
+        type=_non_negative_float,
+        default=0.1,
+        help="annual discount rate of lifetime value (default 0.1 = 10%%)",
+    )
+
+
+def _terms(args: argparse.Namespace) -> Any:
+    from recommender.answers import ValueTerms
+
+    return ValueTerms(args.clv_horizon_days, args.discount_rate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="encore",
@@ -246,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--horizon-days", type=_positive_float, default=30.0)
     n.add_argument("--customers", help="file with a customer_id column (default: all)")
     n.add_argument("--out", default="next_purchase.csv", help=".csv or .parquet")
+    _value_options(n)
 
     du = sub.add_parser(
         "due",
@@ -259,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--min-probability", type=_probability, default=0.5)
     du.add_argument("-k", type=_positive_int, default=5, help="picks per customer (default 5)")
     du.add_argument("--out", default="due.csv", help=".csv or .parquet")
+    du.add_argument(
+        "--sort",
+        choices=("p_purchase", "expected_spend"),
+        default="p_purchase",
+        help="most likely first (default) or most expected spend within --within-days first",
+    )
+    _value_options(du)
 
     d = sub.add_parser("demo", help="generate the demo shop, train on it, then serve it")
     d.add_argument("--dir", default="demo", help="where the demo shop's files go")
@@ -499,12 +529,16 @@ def cmd_due(args: argparse.Namespace) -> int:
         within_days=args.within_days,
         min_probability=args.min_probability,
         k=args.k,
+        sort=args.sort,
+        terms=_terms(args),
     )
     print(
         f"wrote {args.out}: {stats['customers']:,} customers likely to buy within "
         f"{args.within_days:g} days (probability >= {args.min_probability:g}), "
+        f"{'most likely' if args.sort == 'p_purchase' else 'most expected spend'} first, "
         f"version {bundle.version}"
     )
+    _say_value_note(bundle)
     return EXIT_OK
 
 
@@ -541,12 +575,24 @@ def cmd_next_purchase(args: argparse.Namespace) -> int:
     check_output_path(args.out)
     bundle = load_bundle(args.models_dir)
     ids = read_customer_list(args.customers) if args.customers else None
-    stats = export_next_purchase(bundle, args.out, horizon_days=args.horizon_days, customer_ids=ids)
+    stats = export_next_purchase(
+        bundle, args.out, horizon_days=args.horizon_days, customer_ids=ids, terms=_terms(args)
+    )
     msg = f"wrote {args.out}: {stats['customers']:,} customers, horizon {args.horizon_days:g} days"
     if stats["unknown"]:
         msg += f"; {stats['unknown']:,} ids not known to the model were skipped"
     print(msg)
+    _say_value_note(bundle)
     return 0
+
+
+def _say_value_note(bundle: Any) -> None:
+    """Say why the value columns are empty, when they are."""
+    from recommender.answers import value_note
+
+    note = value_note(bundle)
+    if note:
+        print(f"{note}; the value columns are empty")
 
 
 def _write_demo(

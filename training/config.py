@@ -82,6 +82,11 @@ class TrainConfig:
     max_buy_again_eval_fit_customers: int | None = 100_000
     """The buy-again model judged on the window is refitted on a seeded sample
     of at most this many customers (as many as its item priors are drawn from)."""
+    max_spend_fit_customers: int | None = 50_000
+    """The spend model's three parameters are fitted on a seeded sample of at
+    most this many repeat buyers (its likelihood costs a pass over every one
+    per step; tens of thousands pin three parameters). Every customer's own
+    orders still count in their expected order value."""
     popularity_days: int = 90
     """Popularity for unknown customers counts buyers over this many recent days."""
     top_n: int = 100

@@ -19,7 +19,9 @@ from recommender.answers import (
     TIMING_COLUMNS,
     Answerer,
     AnswerError,
+    DueSort,
     Rules,
+    ValueTerms,
     due_table,
     timing_table,
 )
@@ -212,14 +214,16 @@ def export_next_purchase(
     horizon_days: float = 30.0,
     customer_ids: np.ndarray | None = None,
     batch_size: int = 100_000,
+    terms: ValueTerms = ValueTerms(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> dict[str, int]:
-    """Write one row per customer with the timing model's figures for the horizon.
+    """Write one row per customer with the timing and spend figures for the horizon.
 
     The table is :func:`recommender.answers.timing_table`'s, the one the API's
     next-purchase answers come from. Columns: customer_id, p_active,
     expected_purchases, p_purchase, median_days_to_next, next_purchase_date
     (empty where the customer has most likely churned, so no date is
-    meaningful). Ids the model does not know are skipped.
+    meaningful), expected_order_value, expected_spend and clv (empty when the
+    version has no spend model). Ids the model does not know are skipped.
     """
     if bundle.timing is None:
         raise ExportError("this model version has no next-purchase model")
@@ -231,7 +235,9 @@ def export_next_purchase(
     writer = _TableWriter(out)
     try:
         for sl in _blocks(len(rows), batch_size):
-            writer.write(timing_table(bundle, rows[sl], horizon_days, customer_ids=ids[sl]))
+            writer.write(
+                timing_table(bundle, rows[sl], horizon_days, customer_ids=ids[sl], terms=terms)
+            )
     except BaseException:
         writer.abort()
         raise
@@ -246,13 +252,17 @@ def export_due(
     within_days: float = 14.0,
     min_probability: float = 0.5,
     k: int = 5,
+    sort: DueSort = "p_purchase",
+    terms: ValueTerms = ValueTerms(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> dict[str, int]:
     """Write the customers likely to buy within ``within_days``, with their top picks.
 
     The rows are :func:`recommender.answers.due_table`'s (the API's
     ``GET /v1/customers/due``: customer_id, p_purchase, p_active,
-    expected_purchases, median_days_to_next, next_purchase_date), most likely
-    first, and each gets ``pick_1`` .. ``pick_k``: the picks
+    expected_purchases, median_days_to_next, next_purchase_date,
+    expected_order_value, expected_spend, clv), most likely first (or, with
+    ``sort="expected_spend"``, most expected spend first), and each gets
+    ``pick_1`` .. ``pick_k``: the picks
     :meth:`~recommender.answers.Answerer.rank_rows` gives them under the API's
     default rules (empty without a ranking model).
     """
@@ -262,7 +272,12 @@ def export_due(
         raise ExportError("--within-days must be positive")
     if not 0 <= min_probability <= 1:
         raise ExportError("--min-probability must be between 0 and 1")
-    table = due_table(bundle, within_days, min_probability, bundle.n_customers)
+    try:
+        table = due_table(
+            bundle, within_days, min_probability, bundle.n_customers, sort=sort, terms=terms
+        )
+    except AnswerError as exc:
+        raise ExportError(exc.message) from None
     k = min(k, bundle.n_items)
     columns = [*table.columns, *(f"pick_{i + 1}" for i in range(k))]
     writer = _TableWriter(out)

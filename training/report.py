@@ -16,12 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from recommender.answers import Answerer, AnswerError, timing_table
+from recommender.answers import Answerer, AnswerError
 from recommender.store.bundle import Bundle
 
 RANKING_COLUMNS = ("ndcg@10", "recall@20", "map@10", "coverage@10", "customers")
 TIMING_COLUMNS = ("rmse", "mae", "brier", "auc", "total_predicted", "total_actual")
+SPEND_COLUMNS = ("rmse", "mae", "total_predicted", "total_actual", "relative_bias")
 SAMPLE_CUSTOMERS = 5
+#: The monthly measures drawn, and how each is labelled.
+HEALTH_MEASURES = (
+    ("active_customers", "active customers"),
+    ("repurchase_rate", "repurchase rate (share returning)"),
+    ("orders_per_customer", "orders per customer"),
+    ("average_order_value", "average order value"),
+    ("revenue", "revenue"),
+    ("returning_revenue_share", "returning customers' share of revenue"),
+)
 
 
 def _e(x: Any) -> str:
@@ -69,6 +79,127 @@ def _histogram_png(values: np.ndarray, title: str, xlabel: str) -> bytes | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _months_png(months: list[dict[str, Any]]) -> bytes | None:
+    """A small multiple: one line plot per monthly measure (value measures
+    left blank without prices)."""
+    if not months:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.6), dpi=100)
+    FigureCanvasAgg(fig)
+    x = np.arange(len(months))
+    labels = [str(mo["month"]) for mo in months]
+    step = max(1, len(labels) // 6)
+    for i, (key, title) in enumerate(HEALTH_MEASURES):
+        ax = fig.add_subplot(2, 3, i + 1)
+        y = np.array([np.nan if mo.get(key) is None else mo[key] for mo in months], dtype=float)
+        ax.set_title(title, fontsize=9)
+        if np.isfinite(y).any():
+            ax.plot(x, y, marker="o", markersize=2.5, color="#4a7ab5")
+        else:
+            ax.text(0.5, 0.5, "needs prices", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks(x[::step])
+        ax.set_xticklabels(labels[::step], rotation=45, fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _cohorts_png(cohorts: list[dict[str, Any]]) -> bytes | None:
+    """The cohort retention heat map: cohorts down, months since the first order across."""
+    if not cohorts:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = max(len(c["retention"]) for c in cohorts)
+    grid = np.full((len(cohorts), width), np.nan)
+    for i, c in enumerate(cohorts):
+        grid[i, : len(c["retention"])] = c["retention"]
+    grid[:, 0] = np.nan  # always 1: it would wash out the colour scale
+    fig = Figure(figsize=(9, max(2.5, 0.22 * len(cohorts) + 1.2)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(np.arange(len(cohorts)))
+    ax.set_yticklabels([f"{c['cohort']} ({c['size']:,})" for c in cohorts], fontsize=7)
+    ax.set_xlabel("months since the first order")
+    ax.set_title("Cohort retention: share of each month's new customers buying again")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _health_section(bundle: Bundle) -> str:
+    h = bundle.health
+    if h is None:
+        return "<h2>Shop health</h2><p>Not measured in this version.</p>"
+    months = h.get("months") or []
+    out = (
+        "<h2>Shop health</h2><p>Per calendar month: customers who ordered, the share of them "
+        "who had ordered before (repurchase rate), orders per customer, average order value, "
+        "revenue and the share of it from returning customers. An order is a customer's "
+        "purchase day.</p>"
+    )
+    out += "".join(f"<p><em>{_e(n)}</em></p>" for n in h.get("notes") or [])
+    out += _img(_months_png(months), "monthly measures")
+    rows = [
+        [
+            _e(mo["month"]),
+            _f(mo["active_customers"]),
+            _f(mo["repurchase_rate"], 3),
+            _f(mo["orders_per_customer"], 2),
+            _f(mo["average_order_value"], 2),
+            _f(mo["revenue"], 2),
+            _f(mo["returning_revenue_share"], 3),
+        ]
+        for mo in months[-12:]
+    ]
+    out += "<h3>The last 12 months</h3>" + _table(
+        ["month", "active", "repurchase rate", "orders/customer", "avg order value", "revenue",
+         "returning share"],
+        rows,
+    )  # fmt: skip
+    out += "<h3>Cohort retention</h3>" + _img(_cohorts_png(h.get("cohorts") or []), "cohort table")
+    return out
+
+
+def _spend_section(m: dict[str, Any]) -> str:
+    s = (m.get("metrics") or {}).get("spend")
+    if not s:
+        return ""
+    if "model" not in s:
+        return f"<h2>Spend per order</h2><p>No spend model: {_e(s.get('skipped', '?'))}.</p>"
+    fit = s["model"]
+    out = (
+        "<h2>Spend per order</h2><p>Gamma-Gamma model on "
+        f"{_f(fit.get('n_customers'))} repeat buyers: p {_f(fit.get('p'), 3)}, q "
+        f"{_f(fit.get('q'), 3)}, gamma {_f(fit.get('gamma'), 3)}, log-likelihood "
+        f"{_f(fit.get('log_likelihood'), 1)}. Correlation of repeat orders and order value "
+        f"{_f(s.get('frequency_correlation'), 3)} (the model assumes none); "
+        f"{_f(s.get('nonpositive_orders'))} repeat orders of value 0 or less left out.</p>"
+    )
+    if "rmse" in s:
+        rows = [["encore", *(_f(s.get(c), 2) for c in SPEND_COLUMNS)]]
+        for name, fig in (s.get("baselines") or {}).items():
+            rows.append([_e(name), *(_f(fig.get(c), 2) for c in SPEND_COLUMNS)])
+        out += (
+            f"<p>Spend per customer over {_f(s.get('horizon_days'), 0)} days, "
+            f"{_e(s.get('window'))} ({_f(s.get('customers'))} customers): expected purchases "
+            "times expected order value, against naive rates.</p>"
+            + _table(["estimator", *SPEND_COLUMNS], rows)
+        )
+    return out
 
 
 def _data_section(m: dict[str, Any]) -> str:
@@ -165,9 +296,11 @@ def _timing_section(m: dict[str, Any], bundle: Bundle, calibration: bytes | None
         + _img(calibration, "calibration plot")
     )
     if bundle.timing is not None:
-        days = timing_table(bundle, np.arange(bundle.n_customers), 30.0, rounded=False)
+        # the median is timing_table's column as is; asked of the model alone,
+        # without the value columns' lifetime sums over every customer
+        days = bundle.timing.predict(30.0)["median_days_to_next"]
         png = _histogram_png(
-            days["median_days_to_next"].to_numpy(dtype=float),
+            np.asarray(days, dtype=float),
             "Predicted days to the next purchase (median, capped at 365)",
             "days",
         )
@@ -235,6 +368,8 @@ def render_report(bundle: Bundle, calibration: bytes | None = None, *, seed: int
         _data_section(m),
         _ranking_section(m),
         _timing_section(m, bundle, calibration),
+        _spend_section(m),
+        _health_section(bundle),
         _samples_section(bundle, seed),
         "</body></html>",
     ]

@@ -48,7 +48,14 @@ from recommender.store.artifacts import (
     read_manifest,
     remove_stale_temporaries,
 )
-from recommender.store.bundle import Bundle, Catalog, load_bundle, load_bundle_dir, save_bundle
+from recommender.store.bundle import (
+    Bundle,
+    Catalog,
+    CustomerSpend,
+    load_bundle,
+    load_bundle_dir,
+    save_bundle,
+)
 from recommender.store.lock import StoreLock
 from training import ranking
 from training.config import ALSConfig, TrainConfig
@@ -57,6 +64,7 @@ from training.search import search as run_search
 if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
     from recommender.timing.repurchase import RepurchaseModel
     from recommender.timing.selection import PurchaseTimingModel
+    from recommender.value.health import ShopHealth
 
 Reporter = Callable[[str], None]
 TopN = tuple[np.ndarray, np.ndarray]
@@ -152,11 +160,14 @@ class ServingTables:
 
 @dataclass(frozen=True, eq=False)
 class TimingResult:
-    """The next-purchase and buy-again models (None where not fitted) and their metrics."""
+    """The next-purchase, buy-again and spend models (None where not fitted),
+    their metrics, and the shop's health."""
 
     timing: PurchaseTimingModel | None = None
     repurchase: RepurchaseModel | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    spend: CustomerSpend | None = None
+    health: ShopHealth | None = None
     notes: tuple[str, ...] = ()
     """Warnings raised while fitting, for the main thread to report in order."""
     seconds: float = 0.0
@@ -284,13 +295,14 @@ def serving_tables(log: LoadedLog, data: Prepared, cfg: TrainConfig) -> ServingT
 
 
 def fit_timing(log: LoadedLog, data: Prepared, cfg: TrainConfig) -> TimingResult:
-    """Fit and judge the next-purchase and buy-again models (silently: their
-    warnings come back as notes, for :func:`finish_timing` to report)."""
+    """Fit and judge the next-purchase, buy-again and spend models and measure
+    the shop's health (silently: their warnings come back as notes, for
+    :func:`finish_timing` to report)."""
     from training.timing_step import fit_timing_models
 
     notes: list[str] = []
     t0 = time.perf_counter()
-    timing, repurchase, metrics = fit_timing_models(
+    fitted = fit_timing_models(
         data.purchases,
         data.customers,
         data.items,
@@ -299,7 +311,19 @@ def fit_timing(log: LoadedLog, data: Prepared, cfg: TrainConfig) -> TimingResult
         warn=notes.append,
         future=log.future,
     )
-    return TimingResult(timing, repurchase, metrics, tuple(notes), time.perf_counter() - t0)
+    spend = None
+    if fitted.spend is not None and fitted.spend_summary is not None:
+        s = fitted.spend_summary
+        spend = CustomerSpend(fitted.spend, s.frequency, s.monetary)
+    return TimingResult(
+        timing=fitted.timing,
+        repurchase=fitted.repurchase,
+        metrics=fitted.metrics,
+        spend=spend,
+        health=fitted.health,
+        notes=tuple(notes),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def finish_timing(job: Future[TimingResult] | None, run: Run) -> TimingResult:
@@ -688,6 +712,7 @@ def write_and_verify(
             return None
 
     manifest["timings_s"]["total"] = round(time.perf_counter() - run.started, 3)
+    health = timing.health.to_dict() if timing.health is not None else None
     als = ranked.model if ranked is not None else None
     version = new_version_name()
     manifest.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -715,6 +740,8 @@ def write_and_verify(
             topn_scores=topn[1] if topn is not None else None,
             timing=timing.timing,
             repurchase=timing.repurchase,
+            spend=timing.spend,
+            health=health,
         )
         try:
             return report(in_memory, plot_once())
@@ -734,6 +761,8 @@ def write_and_verify(
         topn=topn,
         timing=timing.timing,
         repurchase=timing.repurchase,
+        spend=timing.spend,
+        health=health,
         version=version,
         reports={"timing_calibration.png": plot_once, "report.html": html},
     )

@@ -16,6 +16,44 @@ def _f(v: Any, digits: int = 4) -> str:
     return "-" if v is None else str(v)
 
 
+SPEND_COLS = ("rmse", "mae", "total_predicted", "total_actual", "relative_bias")
+
+
+def _spend_table(spend: dict[str, Any] | None, console: Console) -> None:
+    """The spend model's fit and how its expected spend did on the judged window."""
+    if not spend:
+        return
+    if "model" not in spend:
+        console.print(f"Spend model: not fitted ({spend.get('skipped', '?')})", markup=False)
+        return
+    fit = spend["model"]
+    corr = spend.get("frequency_correlation")
+    console.print(
+        f"Spend model (Gamma-Gamma) on {fit.get('n_customers', 0):,} repeat buyers: "
+        f"p {fit['p']:.3g}, q {fit['q']:.3g}, gamma {fit['gamma']:.4g}, "
+        f"log-likelihood {fit.get('log_likelihood', float('nan')):.1f}; "
+        f"spend/frequency correlation {_f(corr, 3)}; "
+        f"{spend.get('nonpositive_orders', 0):,} repeat orders of value <= 0 left out",
+        markup=False,
+    )
+    if "rmse" not in spend:
+        return
+    t = Table(
+        title=f"Spend per customer over {spend.get('horizon_days', 0):g} days, "
+        f"{spend.get('window', '')} ({spend.get('customers', '?')} customers; "
+        f"expected purchases of {spend.get('timing_model')} x expected order value)"
+    )
+    t.add_column("estimator")
+    for c in SPEND_COLS:
+        t.add_column(c, justify="right")
+    rows = [("encore", spend)] + [
+        (k, v) for k, v in (spend.get("baselines") or {}).items() if isinstance(v, dict)
+    ]
+    for name, row in rows:
+        t.add_row(name, *(_f(row.get(c), 3 if c == "relative_bias" else 2) for c in SPEND_COLS))
+    console.print(t)
+
+
 def print_summary(result: Any, console: Console) -> None:
     m = result.manifest
     metrics = m.get("metrics", {})
@@ -60,6 +98,7 @@ def print_summary(result: Any, console: Console) -> None:
         for name, row in rows:
             t.add_row(name, *(_f(row.get(c), 3) for c in cols))
         console.print(t)
+    _spend_table(metrics.get("spend"), console)
     ba = metrics.get("buy_again")
     if ba and ba.get("customers"):
         t = Table(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,36 @@ from recommender.timing.metrics import (
 )
 from recommender.timing.repurchase import RepurchaseModel
 from recommender.timing.selection import PurchaseTimingModel
+from recommender.value.evaluation import evaluate_spend, spend_baselines
+from recommender.value.health import ShopHealth, shop_health
+from recommender.value.spend import (
+    GammaGammaModel,
+    SpendSummary,
+    spend_frequency_correlation,
+    summarize_spend,
+)
 from training.config import TrainConfig
+
+#: Above this |correlation| of repeat orders and order value the spend model's
+#: independence assumption is called weak.
+SPEND_CORRELATION_WARN = 0.3
 
 
 def _days(ts: pd.Series) -> np.ndarray:
     return np.asarray(ts, dtype="datetime64[s]").astype(np.int64) / 86400.0
+
+
+def _line_values(frame: pd.DataFrame) -> np.ndarray | None:
+    """Each line's value (quantity x unit price; NaN where the price is
+    missing), or None when the log has no prices at all."""
+    if "price" not in frame.columns:
+        return None
+    price = frame["price"].to_numpy(dtype=np.float64)
+    if not np.isfinite(price).any():
+        return None
+    if "quantity" not in frame.columns:
+        return price
+    return frame["quantity"].to_numpy(dtype=np.float64) * price
 
 
 def _codes(
@@ -49,9 +74,12 @@ class PurchaseArrays:
     item: np.ndarray
     day: np.ndarray
     """Float days since the Unix epoch."""
+    value: np.ndarray | None = None
+    """Each line's value (NaN where its price is missing); None without prices."""
 
     def where(self, mask: np.ndarray) -> PurchaseArrays:
-        return PurchaseArrays(self.customer[mask], self.item[mask], self.day[mask])
+        value = self.value[mask] if self.value is not None else None
+        return PurchaseArrays(self.customer[mask], self.item[mask], self.day[mask], value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +111,20 @@ class TimingTask:
 Warn = Callable[[str], None]
 
 
+class FittedTiming(NamedTuple):
+    """What the timing step built: the models (None where not fitted), the
+    metrics for the manifest, and the shop's health."""
+
+    timing: PurchaseTimingModel | None
+    repurchase: RepurchaseModel | None
+    metrics: dict[str, Any]
+    spend: GammaGammaModel | None = None
+    spend_summary: SpendSummary | None = None
+    """Each customer's repeat orders and mean order value as of the end (the
+    spend model's inputs, aligned with the customer index)."""
+    health: ShopHealth | None = None
+
+
 def fit_timing_models(
     purchases: pd.DataFrame,
     customers: IdIndex,
@@ -92,8 +134,9 @@ def fit_timing_models(
     *,
     warn: Warn,
     future: pd.DataFrame | None = None,
-) -> tuple[PurchaseTimingModel | None, RepurchaseModel | None, dict[str, Any]]:
-    """Fit both models as of ``end`` and judge them on data they did not see.
+) -> FittedTiming:
+    """Fit both models (and the spend model, when the log has prices) as of
+    ``end`` and judge them on data they did not see; measure the shop's health.
 
     With ``future`` (rows after ``--as-of``) the published models themselves
     are judged on what happened next (a backtest); otherwise copies fitted
@@ -101,15 +144,25 @@ def fit_timing_models(
     where one cannot be fitted, with a warning) and metrics for the manifest.
     """
     task = timing_task(purchases, customers, items, end, cfg, future)
-    # The two models share nothing but the input arrays, and their costly
-    # parts (special functions, sorts, bincounts) run in numpy and scipy
-    # without the GIL: the buy-again model is fitted on a second thread while
-    # this one fits the next-purchase model.
+    # The models share nothing but the input arrays, and their costly parts
+    # (special functions, sorts, bincounts) run in numpy and scipy without the
+    # GIL: the buy-again model, then the shop's health, are computed on a
+    # second thread while this one fits the next-purchase and spend models.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-timing-buy-again") as pool:
         buy_again = pool.submit(fit_buy_again, task, warn)
-        timing, timing_metrics = fit_next_purchase(task, warn)
+        health = pool.submit(measure_health, task, warn)
+        timing, judged, timing_metrics = fit_next_purchase(task, warn)
+        spend, summary, spend_metrics = fit_spend(task, judged, warn)
         repurchase, repurchase_metrics = buy_again.result()
-    return timing, repurchase, {**timing_metrics, **repurchase_metrics}
+        shop = health.result()
+    return FittedTiming(
+        timing,
+        repurchase,
+        {**timing_metrics, **repurchase_metrics, **spend_metrics},
+        spend,
+        summary,
+        shop,
+    )
 
 
 def timing_task(
@@ -123,7 +176,9 @@ def timing_task(
     """The purchases as arrays and the window the models are judged on: the
     rows after ``--as-of`` when there are any, else the log's last window."""
     cust_codes, item_codes = _codes(purchases, customers, items)
-    history = PurchaseArrays(cust_codes, item_codes, _days(purchases["timestamp"]))
+    history = PurchaseArrays(
+        cust_codes, item_codes, _days(purchases["timestamp"]), _line_values(purchases)
+    )
     end_day = _days(pd.Series([end]))[0]
     ahead = _known_future(future, customers, items)
     if ahead is not None:
@@ -162,6 +217,7 @@ def _known_future(
         customers.rows(future["customer_id"].to_numpy()),
         items.rows(future["item_id"].to_numpy()),
         _days(future["timestamp"]),
+        _line_values(future),
     )
     rows = rows.where(rows.customer >= 0)
     return rows if rows.day.size else None
@@ -172,9 +228,12 @@ def _known_future(
 
 def fit_next_purchase(
     task: TimingTask, warn: Warn
-) -> tuple[PurchaseTimingModel | None, dict[str, Any]]:
-    """The published next-purchase model and its metrics (selection, judged window)."""
+) -> tuple[PurchaseTimingModel | None, PurchaseTimingModel | None, dict[str, Any]]:
+    """The published next-purchase model, the copy judged on the window (the
+    published one in a backtest; None when none could be judged) and their
+    metrics (selection, judged window)."""
     out: dict[str, Any] = {}
+    evaluated: PurchaseTimingModel | None = None
     # The timing models see one row per customer and purchase day, sorted:
     # deduplicated once here instead of in every fit.
     tc, td = _customer_days(task.history.customer, task.history.day)
@@ -200,7 +259,8 @@ def fit_next_purchase(
             out["timing"] = judged
     except Exception as exc:  # reported; publishing depends on the final fit only
         warn(f"next-purchase model could not be evaluated: {exc}")
-    return timing, out
+        evaluated = None
+    return timing, evaluated, out
 
 
 def _timing_candidates(task: TimingTask, as_of_day: float) -> PurchaseTimingModel:
@@ -238,6 +298,121 @@ def _timing_to_judge(
         )
         evaluated = fresh.fit(tc[before], td[before], task.cut_day, task.n_customers)
     return evaluated
+
+
+# ---------------------------------------------------------------------- spend model
+
+
+def fit_spend(
+    task: TimingTask, judged_timing: PurchaseTimingModel | None, warn: Warn
+) -> tuple[GammaGammaModel | None, SpendSummary | None, dict[str, Any]]:
+    """The published spend model (Gamma-Gamma, on each customer's repeat
+    orders as of the end), the summary it reads, and its metrics.
+
+    Judged like the next-purchase model, on its window: predicted spend is the
+    judged timing copy's expected purchases in the window times the expected
+    order value of a spend model fitted before the window (the published one
+    in a backtest), against :func:`~recommender.value.evaluation.spend_baselines`.
+    Without prices nothing is fitted and ``metrics["spend"]`` says why.
+    """
+    h = task.history
+    if h.value is None:
+        return None, None, {"spend": {"skipped": "the log has no prices"}}
+    summary = summarize_spend(h.customer, h.day, h.value, task.n_customers)
+    corr = spend_frequency_correlation(summary)
+    out: dict[str, Any] = {
+        "repeat_buyers": int((summary.frequency > 0).sum()),
+        "nonpositive_orders": summary.nonpositive_orders,
+        "frequency_correlation": corr,
+    }
+    if summary.nonpositive_orders:
+        warn(
+            f"spend model: {summary.nonpositive_orders:,} repeat order(s) of value 0 or "
+            "less (free items, refunds) left out"
+        )
+    if corr is not None and abs(corr) > SPEND_CORRELATION_WARN:
+        warn(
+            f"order value depends on frequency here (correlation {corr:.2f}); "
+            "the spend model's independence assumption is weak"
+        )
+    try:
+        model = _fit_gamma_gamma(summary, task.cfg)
+    except Exception as exc:
+        warn(f"spend model not published: {exc}")
+        return None, None, {"spend": {**out, "skipped": str(exc)}}
+    out["model"] = model.to_state()
+    try:
+        judged = _judge_spend(task, judged_timing, model, summary)
+        if judged is not None:
+            out.update(judged)
+    except Exception as exc:  # reported; publishing depends on the final fit only
+        warn(f"spend model could not be evaluated: {exc}")
+    return model, summary, {"spend": out}
+
+
+def _fit_gamma_gamma(summary: SpendSummary, cfg: TrainConfig) -> GammaGammaModel:
+    """The spend model fitted on a seeded sample of at most
+    ``cfg.max_spend_fit_customers`` repeat buyers (all of them in most shops)."""
+    buyers = np.flatnonzero(summary.frequency > 0)
+    use = seeded_subset(buyers, cfg.max_spend_fit_customers, cfg.seed)
+    return GammaGammaModel().fit(summary.frequency[use], summary.monetary[use])
+
+
+def _judge_spend(
+    task: TimingTask,
+    judged_timing: PurchaseTimingModel | None,
+    published: GammaGammaModel,
+    summary: SpendSummary,
+    max_customers: int | None = 100_000,
+) -> dict[str, Any] | None:
+    """Predicted vs actual spend per customer in ``[cut_day, cut_day + horizon)``."""
+    if judged_timing is None:
+        return None
+    h = task.history
+    assert h.value is not None
+    if task.future is None:
+        before = h.where(h.day < task.cut_day)
+        assert before.value is not None
+        summary = summarize_spend(before.customer, before.day, before.value, task.n_customers)
+        model = _fit_gamma_gamma(summary, task.cfg)
+    else:
+        model = published
+    on = task.judged_on
+    if on.value is None:
+        return None
+    timing_summary = judged_timing.summary_
+    rows = seeded_subset(np.flatnonzero(np.asarray(timing_summary.has_history)), max_customers)
+    window = (on.day >= task.cut_day) & (on.day < task.cut_day + task.horizon)
+    value = np.where(np.isfinite(on.value), on.value, 0.0)
+    actual = np.bincount(on.customer[window], weights=value[window], minlength=task.n_customers)[
+        rows
+    ]
+    order_value = model.expected_order_value(summary.frequency[rows], summary.monetary[rows])
+    predicted = judged_timing.predict(task.horizon, rows)["expected_purchases"] * order_value
+    naive = spend_baselines(summary, timing_summary.T, timing_summary.has_history, task.horizon)
+    out = {
+        **evaluate_spend(predicted, actual),
+        "baselines": {k: evaluate_spend(v[rows], actual) for k, v in naive.items()},
+        "horizon_days": task.horizon,
+        "window": task.window_kind,
+        "customers": int(len(rows)),
+        "timing_model": judged_timing.model_name_,
+    }
+    if model is not published:
+        out["fit_before_window"] = model.to_state()
+    return out
+
+
+def measure_health(task: TimingTask, warn: Warn) -> ShopHealth | None:
+    """The monthly repeat-purchase measures and cohort retention of the log
+    (None, with a warning, if they cannot be measured: they are reported, and
+    the models are published without them)."""
+    h = task.history
+    try:
+        return shop_health(h.customer, h.day, h.value)
+    except Exception as exc:
+        warn(f"shop health not measured: {type(exc).__name__}: {exc}")
+        return None
 
 
 # ------------------------------------------------------------------ buy-again model

@@ -15,6 +15,10 @@ Files in a version directory (schema version 1):
 ``topn.npz``        precomputed top-N item rows and scores per customer (optional)
 ``timing.json/npz`` next-purchase-time model state (optional)
 ``repurchase.json/npz`` buy-it-again model state (optional)
+``spend.json/npz``  spend-per-order model state, and each customer's repeat
+                    orders (``frequency``) and their mean value (``monetary``),
+                    aligned with the customer index (optional: logs with prices)
+``health.json``     the shop's monthly measures and cohort retention (optional)
 ``*.png``           reports for people (the timing model's calibration plot)
 ==================  =========================================================
 """
@@ -41,6 +45,31 @@ from recommender.store.artifacts import (
 if TYPE_CHECKING:  # load_bundle imports them only for a version that has them
     from recommender.timing.repurchase import RepurchaseModel
     from recommender.timing.selection import PurchaseTimingModel
+    from recommender.value.spend import GammaGammaModel
+
+
+@dataclass
+class CustomerSpend:
+    """The spend model and what it reads of each customer, aligned with the
+    customer index.
+
+    Attributes
+    ----------
+    model
+        The fitted Gamma-Gamma model.
+    frequency
+        Repeat orders of positive value per customer row.
+    monetary
+        Mean value of those orders (0 where there are none).
+    """
+
+    model: GammaGammaModel
+    frequency: np.ndarray
+    monetary: np.ndarray
+
+    def expected_order_value(self, rows: np.ndarray) -> np.ndarray:
+        """Each of ``rows``' expected value of a future order."""
+        return self.model.expected_order_value(self.frequency[rows], self.monetary[rows])
 
 
 @dataclass
@@ -110,6 +139,9 @@ class Bundle:
     topn_scores: np.ndarray | None = None
     timing: PurchaseTimingModel | None = None
     repurchase: RepurchaseModel | None = None
+    spend: CustomerSpend | None = None
+    health: dict[str, Any] | None = None
+    """The shop's health (:meth:`recommender.value.health.ShopHealth.to_dict`)."""
 
     @property
     def n_customers(self) -> int:
@@ -133,6 +165,8 @@ def save_bundle(
     topn: tuple[np.ndarray, np.ndarray] | None = None,
     timing: PurchaseTimingModel | None = None,
     repurchase: RepurchaseModel | None = None,
+    spend: CustomerSpend | None = None,
+    health: dict[str, Any] | None = None,
     version: str | None = None,
     reports: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
 ) -> Path:
@@ -155,7 +189,11 @@ def save_bundle(
         "topn": topn is not None,
         "timing": timing is not None,
         "repurchase": repurchase is not None,
+        "spend": spend is not None,
+        "health": health is not None,
     }
+    if spend is not None and (spend.frequency.shape != (n_c,) or spend.monetary.shape != (n_c,)):
+        raise ValueError("spend arrays must have one entry per customer")
     with VersionWriter(models_dir, version) as w:
         w.write_array("customers.npy", customers.ids_)
         w.write_array("items.npy", items.ids_)
@@ -191,6 +229,17 @@ def save_bundle(
             meta, arrays = repurchase.to_state()
             w.write_json("repurchase.json", meta)
             w.write_arrays("repurchase.npz", arrays)
+        if spend is not None:
+            w.write_json("spend.json", spend.model.to_state())
+            w.write_arrays(
+                "spend.npz",
+                {
+                    "frequency": np.asarray(spend.frequency, dtype=np.float64),
+                    "monetary": np.asarray(spend.monetary, dtype=np.float64),
+                },
+            )
+        if health is not None:
+            w.write_json("health.json", health)
         for name, report in (reports or {}).items():
             data = report() if callable(report) else report
             if data is not None:
@@ -306,4 +355,26 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise
         except Exception as exc:
             raise CorruptArtifactError(f"{path}: repurchase model unusable ({exc})") from None
+    if comps.get("spend"):
+        bundle.spend = _load_spend(r, path, n_c)
+    if comps.get("health"):
+        health = r.json("health.json")
+        if not isinstance(health, dict) or not {"months", "cohorts"} <= set(health):
+            raise CorruptArtifactError(f"{path}: health.json is not a shop health table")
+        bundle.health = health
     return bundle
+
+
+def _load_spend(r: VersionReader, path: str | Path, n_c: int) -> CustomerSpend:
+    """The spend model and its per-customer arrays, checked for shape and finiteness."""
+    from recommender.value.spend import GammaGammaModel
+
+    arrays = r.arrays("spend.npz", finite=True)
+    try:
+        model = GammaGammaModel.from_state(r.json("spend.json"))
+        frequency, monetary = arrays["frequency"], arrays["monetary"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CorruptArtifactError(f"{path}: spend model unusable ({exc})") from None
+    if frequency.shape != (n_c,) or monetary.shape != (n_c,):
+        raise CorruptArtifactError(f"{path}: spend arrays do not match the customer index")
+    return CustomerSpend(model, frequency, monetary)

@@ -14,6 +14,7 @@ discount rate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -66,9 +67,10 @@ def lifetime_value(
     if not annual_discount_rate >= 0:
         raise ValueError("annual_discount_rate must be non-negative")
     value = np.asarray(order_value, dtype=np.float64)
-    ends = np.arange(step_days, horizon_days + step_days, step_days)
-    ends[-1] = min(ends[-1], horizon_days)
-    ends = np.unique(ends)
+    # whole steps, the last one cut at the horizon (counted, not summed, so a
+    # horizon far smaller than a step still gets its one period)
+    n_steps = max(1, math.ceil(horizon_days / step_days))
+    ends = np.unique(np.minimum(np.arange(1, n_steps + 1) * step_days, horizon_days))
     total = np.zeros_like(value)
     before = np.zeros_like(value)
     for t in ends:

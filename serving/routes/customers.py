@@ -11,7 +11,14 @@ import pandas as pd
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
-from recommender.answers import Answerer, due_table, timing_table
+from recommender.answers import (
+    Answerer,
+    DueSort,
+    ValueTerms,
+    due_table,
+    timing_table,
+    value_note,
+)
 from serving.deps import AnswererDep
 from serving.schemas import (
     ID_PATTERN,
@@ -31,6 +38,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Error},
 }
 CustomerId = Annotated[str, Path(pattern=ID_PATTERN, max_length=256)]
+ClvHorizon = Annotated[
+    float, Query(gt=0, le=3650, description="how far ahead lifetime value (clv) counts, days")
+]
+DiscountRate = Annotated[
+    float, Query(ge=0, le=10, description="annual discount rate of lifetime value (0.1 = 10%)")
+]
+
+
+def _money(x: Any) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
 
 
 def _row(answerer: Answerer, customer_id: str) -> int:
@@ -60,10 +78,24 @@ def due_customers(
     min_probability: Annotated[float, Query(ge=0, le=1)] = 0.5,
     limit: Annotated[int, Query(ge=1, le=1_000_000)] = 10_000,
     format: Literal["csv", "json"] = "csv",
+    sort: Annotated[
+        DueSort,
+        Query(description="most likely first (p_purchase) or most expected spend first"),
+    ] = "p_purchase",
+    clv_horizon_days: ClvHorizon = 365.0,
+    annual_discount_rate: DiscountRate = 0.1,
 ) -> Response:
     """Customers whose probability of buying within ``within_days`` is at least
-    ``min_probability``, most likely first; CSV download or JSON."""
-    table = due_table(answerer.bundle, within_days, min_probability, limit)
+    ``min_probability``, most likely (or most expected spend) first; CSV
+    download or JSON. The value columns are empty without a spend model."""
+    table = due_table(
+        answerer.bundle,
+        within_days,
+        min_probability,
+        limit,
+        sort=sort,
+        terms=ValueTerms(clv_horizon_days, annual_discount_rate),
+    )
     if format == "json":
         rows = table.replace({np.nan: None}).to_dict(orient="records")
         for row in rows:  # no date is null, as in next-purchase (CSV leaves it empty)
@@ -126,9 +158,14 @@ def next_purchase(
     answerer: AnswererDep,
     customer_id: CustomerId,
     horizon_days: Annotated[float, Query(gt=0, le=3650)] = 30.0,
+    clv_horizon_days: ClvHorizon = 365.0,
+    annual_discount_rate: DiscountRate = 0.1,
 ) -> NextPurchase:
     row = _row(answerer, customer_id)
-    t = timing_table(answerer.bundle, np.array([row]), horizon_days, rounded=False).iloc[0]
+    terms = ValueTerms(clv_horizon_days, annual_discount_rate)
+    t = timing_table(
+        answerer.bundle, np.array([row]), horizon_days, rounded=False, terms=terms
+    ).iloc[0]
     med = float(t["median_days_to_next"])
     date = str(t["next_purchase_date"]) or None
     return NextPurchase(
@@ -141,6 +178,12 @@ def next_purchase(
         p_purchase=float(t["p_purchase"]),
         median_days_to_next=med if np.isfinite(med) else None,
         next_purchase_date=date,
+        expected_order_value=_money(t["expected_order_value"]),
+        expected_spend=_money(t["expected_spend"]),
+        clv=_money(t["clv"]),
+        clv_horizon_days=clv_horizon_days,
+        annual_discount_rate=annual_discount_rate,
+        value_note=value_note(answerer.bundle),
         note=None
         if date
         else (

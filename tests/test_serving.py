@@ -612,6 +612,10 @@ def test_the_marketers_page_is_served(client):
     # the page links to the served version's training report, which the API names
     assert "report_url" in r.text
     assert client.get("/v1/model").json()["report_url"] == "/v1/model/report"
+    # and shows the shop's repeat-purchase health from the API's figures
+    assert "/v1/shop/metrics" in r.text and "repurchase_rate" in r.text
+    months = client.get("/v1/shop/metrics").json()["months"]
+    assert months and {"repurchase_rate", "average_order_value"} <= set(months[-1])
 
 
 # -- bad requests: 4xx with a JSON message, never 500 --------------------------------------

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recommender.ranking.als_search import PRUNE_MIN_ITEMS, NormOrderedSearch
 from recommender.ranking.base import in_sorted, scratch_block, top_k
@@ -191,6 +192,15 @@ class Answerer:
             if rep is not None
             else np.zeros(bundle.n_items, dtype=bool)
         )
+        # The items each customer is due to rebuy, for the "due to rebuy"
+        # reason: one vectorised pass per version instead of a buy-again
+        # ranking on every request.
+        self._due: sp.csr_matrix | None = None
+        if rep is not None:
+            due = rep.score_customers(np.arange(rep.n_customers_), due_days)
+            due.data = (due.data >= 0.5).astype(np.int8)
+            due.eliminate_zeros()
+            self._due = due
         self.as_of = pd.Timestamp(bundle.manifest.get("as_of"))
         min_items = PRUNE_MIN_ITEMS if prune_min_items is None else prune_min_items
         als = bundle.als
@@ -476,14 +486,10 @@ class Answerer:
     # -- reasons -------------------------------------------------------------------
     def due_items(self, row: int) -> set[int]:
         """Items the buy-again model expects this customer to rebuy (p >= 0.5) soon."""
-        rep = self.bundle.repurchase
-        if rep is None:
+        due = self._due
+        if due is None or not 0 <= row < due.shape[0]:
             return set()
-        return {
-            int(d["item_row"])
-            for d in rep.buy_again(row, self.due_days, k=50)
-            if d["probability"] >= 0.5
-        }
+        return set(due.indices[due.indptr[row] : due.indptr[row + 1]].tolist())
 
     def explain(
         self,

@@ -368,3 +368,21 @@ def test_pruned_single_customer_answers_equal_the_blocked_export(big, rules, tmp
         r = big.customers.row(str(cid))
         if r is not None and rules.exclude_purchased:
             assert not np.isin(got, answerer.history(r)).any()
+
+
+def test_due_items_are_the_buy_again_items_due_with_probability_at_least_a_half(bundle):
+    """The per-version table behind the "due to rebuy" reason says what the
+    buy-again model says, customer by customer."""
+    a = Answerer(bundle, due_days=30.0)
+    rep = bundle.repurchase
+    assert rep is not None
+    n_due = 0
+    for row in range(bundle.n_customers):
+        expected = {
+            int(d["item_row"])
+            for d in rep.buy_again(row, 30.0, k=bundle.n_items)
+            if d["probability"] >= 0.5
+        }
+        assert a.due_items(row) == expected, row
+        n_due += len(expected)
+    assert n_due > 0  # the shop has due items, so the comparison says something

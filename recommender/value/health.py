@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from recommender.value.spend import orders_from_lines
+
 __all__ = ["ShopHealth", "shop_health"]
 
 
@@ -90,15 +92,8 @@ def shop_health(
     notes = [] if has_values else ["value measures need a price column in the log"]
     if c.size == 0:
         return ShopHealth([], [], has_values, [*notes, "the log has no orders"])
-    # orders: runs of equal (customer, day) keys once sorted
-    span = int(d.max() - d.min()) + 1
-    key = c * span + (d - d.min())
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    o_cust = c[order][starts]
-    o_value = np.add.reduceat(np.where(np.isfinite(v), v, 0.0)[order], starts)
-    o_month, labels = _month_index(d[order][starts].astype(np.float64))
+    o_cust, o_day, o_value = orders_from_lines(c, d, np.where(np.isfinite(v), v, 0.0))
+    o_month, labels = _month_index(o_day.astype(np.float64))
     n_months = len(labels)
     # orders are sorted by customer, then day: a customer's first order leads their run
     lead = np.r_[True, o_cust[1:] != o_cust[:-1]]

@@ -67,6 +67,28 @@ class SpendSummary:
     nonpositive_orders: int
 
 
+def orders_from_lines(
+    customer_rows: np.ndarray, days: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orders of order lines: ``(customer, day, value)`` per order, sorted by
+    customer, then day.
+
+    An order is a customer's purchase day: lines of one customer on the same
+    whole ``day`` are one order, their ``values`` summed. The arrays must be
+    non-empty, with valid (non-negative) customer rows.
+    """
+    c = np.asarray(customer_rows, dtype=np.int64)
+    d = np.floor(np.asarray(days, dtype=np.float64)).astype(np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    # one key per (customer, day), so an order is a run of equal keys
+    span = int(d.max() - d.min()) + 1
+    key = c * span + (d - d.min())
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return c[order][starts], d[order][starts], np.add.reduceat(v[order], starts)
+
+
 def summarize_spend(
     customer_rows: np.ndarray, days: np.ndarray, values: np.ndarray, n_customers: int
 ) -> SpendSummary:
@@ -84,22 +106,13 @@ def summarize_spend(
         Number of customer rows.
     """
     c = np.asarray(customer_rows, dtype=np.int64)
-    d = np.floor(np.asarray(days, dtype=np.float64)).astype(np.int64)
     v = np.asarray(values, dtype=np.float64)
     ok = (c >= 0) & np.isfinite(v)
-    c, d, v = c[ok], d[ok], v[ok]
     freq = np.zeros(n_customers, dtype=np.float64)
     money = np.zeros(n_customers, dtype=np.float64)
-    if c.size == 0:
+    if not ok.any():
         return SpendSummary(freq, money, 0)
-    # one key per (customer, day), so an order is a run of equal keys
-    span = int(d.max() - d.min()) + 1
-    key = c * span + (d - d.min())
-    order = np.argsort(key, kind="stable")
-    key, c, v = key[order], c[order], v[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    order_value = np.add.reduceat(v, starts)
-    order_customer = c[starts]
+    order_customer, _, order_value = orders_from_lines(c[ok], np.asarray(days)[ok], v[ok])
     first = np.r_[True, order_customer[1:] != order_customer[:-1]]
     repeat = ~first
     positive = repeat & (order_value > 0)

@@ -140,3 +140,29 @@ def rows_in_time_range(
         return frame.iloc[lo : int(ts.searchsorted(stop, side="left"))]
     keep = ts < stop if start is None else (ts >= start) & (ts < stop)
     return frame[keep]
+
+
+def distinct_purchase_days(
+    customer_rows: np.ndarray, item_rows: np.ndarray, days: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ``(customer, item, day)`` rows, sorted in that order.
+
+    ``days`` are whole day numbers; several lines of one item on one day are
+    one purchase day. Returns the three columns of the distinct rows.
+    """
+    c, i, day = customer_rows, item_rows, days
+    if c.size == 0:
+        return c, i, day
+    d0 = int(day.min())
+    span = int(day.max()) - d0 + 1
+    if (int(c.max()) + 1) * max(n_items, 1) * span < 2**62:
+        # one int64 key: a single sort instead of a three-key lexsort
+        key = np.sort((c * max(n_items, 1) + i) * span + (day - d0))
+        key = key[np.r_[True, key[1:] != key[:-1]]]
+        pair, d = np.divmod(key, span)
+        ci, ii = np.divmod(pair, max(n_items, 1))
+        return ci, ii, d + d0
+    order = np.lexsort((day, i, c))
+    c, i, day = c[order], i[order], day[order]
+    new = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1]) | (day[1:] != day[:-1])]
+    return c[new], i[new], day[new]

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recommender.data.interactions import distinct_purchase_days
 from recommender.errors import NotFittedError
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ class PurchaseLines:
         c = np.asarray(self.customer_rows, dtype=np.int64)
         i = np.asarray(self.item_rows, dtype=np.int64)
         d = np.asarray(self.days, dtype=np.int64)
-        c, i, d = _distinct(c, i, d, self.n_items)
+        c, i, d = distinct_purchase_days(c, i, d, self.n_items)
         m = sp.csr_matrix(
             (np.ones(c.size, dtype=np.float32), (c, i)), shape=(self.n_customers, self.n_items)
         )
@@ -224,26 +225,6 @@ class PurchaseLines:
         )
         m.sum_duplicates()
         return m
-
-
-def _distinct(
-    c: np.ndarray, i: np.ndarray, d: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (customer, item, day) triples sorted by customer, item, day."""
-    if c.size == 0:
-        return c, i, d
-    d_low = int(d.min())
-    span = int(d.max()) - d_low + 1
-    if float(c.max() + 1) * max(n_items, 1) * span < 2**62:
-        key = (c * max(n_items, 1) + i) * span + (d - d_low)
-        key = _sorted_unique(key)
-        pair, day = np.divmod(key, span)
-        cc, ii = np.divmod(pair, max(n_items, 1))
-        return cc, ii, day + d_low
-    order = np.lexsort((d, i, c))
-    c, i, d = c[order], i[order], d[order]
-    new = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1]) | (d[1:] != d[:-1])]
-    return c[new], i[new], d[new]
 
 
 def _sorted_unique(keys: np.ndarray) -> np.ndarray:
@@ -476,7 +457,7 @@ def build_snapshot(lines: PurchaseLines, cutoff: int, *, recent_days: int = 28) 
     if not valid.all():
         raise ValueError("a customer or item row is out of range")
 
-    c, i, d = _distinct(c_line, i_line, d_line, n_i)
+    c, i, d = distinct_purchase_days(c_line, i_line, d_line, n_i)
     # pairs: runs of equal (customer, item) in the sorted triples
     new_pair = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1])] if c.size else np.zeros(0, bool)
     pair_id = np.cumsum(new_pair) - 1

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy import optimize
 from scipy.special import betainc, digamma, gammaln, polygamma
 
+from recommender.data.interactions import distinct_purchase_days
 from recommender.data.sampling import seeded_mask
 from recommender.errors import NotFittedError
 from recommender.timing.rows import on_distinct_rows
@@ -136,27 +137,6 @@ def _fit_shapes(stat_sum: np.ndarray, group: np.ndarray, m: np.ndarray) -> np.nd
     k = np.where(todo, np.sqrt(lo * hi), out)
     lo, hi = np.where(todo, lo, out), np.where(todo, hi, out)
     return _bracketed_newton(value_and_slope, k, lo, hi, 1e-12, relative=True)
-
-
-def _distinct_sorted(
-    c: np.ndarray, i: np.ndarray, day: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct ``(customer, item, day)`` rows sorted in that order."""
-    if c.size == 0:
-        return c, i, day
-    d0 = int(day.min())
-    span = int(day.max()) - d0 + 1
-    if (int(c.max()) + 1) * max(n_items, 1) * span < 2**62:
-        # one int64 key: a single sort instead of a three-key lexsort
-        key = np.sort((c * max(n_items, 1) + i) * span + (day - d0))
-        key = key[np.r_[True, key[1:] != key[:-1]]]
-        pair, d = np.divmod(key, span)
-        ci, ii = np.divmod(pair, max(n_items, 1))
-        return ci, ii, d + d0
-    order = np.lexsort((day, i, c))
-    c, i, day = c[order], i[order], day[order]
-    new = np.r_[True, (c[1:] != c[:-1]) | (i[1:] != i[:-1]) | (day[1:] != day[:-1])]
-    return c[new], i[new], day[new]
 
 
 def _distinct_weighted(
@@ -368,7 +348,7 @@ class RepurchaseModel:
         c, i, whole = c[keep], i[keep], np.floor(d[keep]).astype(np.int64)
 
         # Distinct (customer, item, day), sorted by customer, item, day.
-        c, i, whole = _distinct_sorted(c, i, whole, n_items)
+        c, i, whole = distinct_purchase_days(c, i, whole, n_items)
         pair_key = c * max(n_items, 1) + i
         starts = _group_starts(pair_key) if c.size else np.zeros(0, dtype=np.int64)
         ends = np.r_[starts[1:], c.size]

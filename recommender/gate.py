@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from recommender.data.ids import IdIndex
 from recommender.ranking.als import ALSRecommender
+from recommender.ranking.base import top_k
 from recommender.ranking.metrics import average_precision_at_k, ndcg_at_k, recall_at_k
 
 
@@ -448,10 +449,7 @@ def _top_among(model: ALSRecommender, rows: np.ndarray, cols: np.ndarray, k: int
     k = min(k, len(cols))
     out = np.empty((len(rows), k), dtype=np.int64)
     for s in range(0, len(rows), 2048):
-        scores = model.user_factors_[rows[s : s + 2048]] @ items.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        out[s : s + 2048] = np.take_along_axis(part, order, axis=1)
+        out[s : s + 2048] = top_k(model.user_factors_[rows[s : s + 2048]] @ items.T, k)[0]
     return out
 
 

@@ -59,6 +59,7 @@ from recommender.store.bundle import (
 from recommender.store.lock import StoreLock
 from training import ranking
 from training.config import ALSConfig, TrainConfig
+from training.ranker_step import RankerResult, fit_two_stage
 from training.search import search as run_search
 
 if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
@@ -185,6 +186,13 @@ class RankingResult:
     judged: ALSRecommender | None = None
     """The model fitted before the window and judged on it (the gate re-scores it)."""
     window: ranking.Split | None = None
+    two_stage: RankerResult | None = None
+    """The two-stage ranker and the list chosen to serve (None: ALS's, untried)."""
+
+    @property
+    def served(self) -> str:
+        """The list known customers are shown (see :class:`RankerResult`)."""
+        return self.two_stage.serve if self.two_stage is not None else "als"
 
 
 @dataclass(frozen=True, eq=False)
@@ -419,6 +427,50 @@ def fit_ranking(
     )
 
 
+def fit_ranker(
+    log: LoadedLog,
+    data: Prepared,
+    ranked: RankingResult,
+    timing: TimingResult,
+    cfg: TrainConfig,
+    run: Run,
+) -> RankingResult:
+    """Train and judge the two-stage ranker; choose the served list (see
+    :mod:`training.ranker_step`). A ranker that cannot be trained leaves ALS
+    served, with a warning."""
+    if not cfg.ranker or ranked.window is None:
+        return ranked
+    with run.step("two-stage ranker: train, judge, choose the served list"):
+        try:
+            result = fit_two_stage(
+                frame=data.frame,
+                purchases=data.purchases,
+                customers=data.customers,
+                items=data.items,
+                catalog=log.catalog,
+                eval_cut=data.eval_cut,
+                end=data.end,
+                window=ranked.window,
+                ranked=ranked,
+                baseline_metrics=ranked.metrics["ranking"],
+                repurchase=timing.repurchase,
+                timing_on=cfg.timing,
+                cfg=cfg,
+                say=run.say,
+            )
+        except (ValueError, RuntimeError) as exc:
+            run.warn(f"two-stage ranker not trained ({exc}); serving ALS")
+            return ranked
+    metrics = {
+        **ranked.metrics,
+        "ranking": {**ranked.metrics["ranking"], "ranker": result.metrics["ranker"]},
+        "ranking_explore": result.metrics["ranking_explore"],
+        "ranker_training": result.metrics["ranker_training"],
+        "serving": {"list": result.serve, "explore": result.explore, "reason": result.reason},
+    }
+    return dataclasses.replace(ranked, metrics=metrics, two_stage=result)
+
+
 def precompute_top_n(
     data: Prepared,
     tables: ServingTables,
@@ -429,6 +481,9 @@ def precompute_top_n(
     """Each known customer's top ``cfg.top_n`` for serving, unless that is too many scores."""
     if ranked is None or cfg.top_n <= 0:
         return None
+    if ranked.served != "als":
+        # the served list's own table (None: ranked per request, or popularity)
+        return ranked.two_stage.table if ranked.two_stage is not None else None
     n_scores = float(len(data.customers)) * float(len(data.items))
     if n_scores > cfg.top_n_max_scores:
         run.say(
@@ -468,6 +523,7 @@ def assemble_manifest(
         "catalog": log.catalog_report,
         "metrics": metrics,
         "search": {"trials": trials} if trials else None,
+        "serving": metrics.get("serving") or {"list": "als" if ranked is not None else None},
         "warnings": run.warnings,
         "timings_s": run.timings,
     }
@@ -714,6 +770,12 @@ def write_and_verify(
     manifest["timings_s"]["total"] = round(time.perf_counter() - run.started, 3)
     health = timing.health.to_dict() if timing.health is not None else None
     als = ranked.model if ranked is not None else None
+    two = ranked.two_stage if ranked is not None else None
+    with_ranker = (
+        (two.ranker, two.stage, two.probe)
+        if two is not None and two.ranker is not None and two.stage is not None
+        else None
+    )
     version = new_version_name()
     manifest.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     drawn: list[bytes | None] = []
@@ -742,6 +804,8 @@ def write_and_verify(
             repurchase=timing.repurchase,
             spend=timing.spend,
             health=health,
+            ranker=with_ranker[0] if with_ranker else None,
+            stage=with_ranker[1] if with_ranker else None,
         )
         try:
             return report(in_memory, plot_once())
@@ -763,6 +827,7 @@ def write_and_verify(
         repurchase=timing.repurchase,
         spend=timing.spend,
         health=health,
+        ranker=with_ranker,
         version=version,
         reports={"timing_calibration.png": plot_once, "report.html": html},
     )

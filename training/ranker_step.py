@@ -70,9 +70,19 @@ class RankerResult:
     """Feature rows saved with the ranker to check it after loading."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """``ranker`` (for the ``ranking`` table), ``ranking_explore`` and ``ranker_training``."""
+    judged: LTRRanker | None = None
+    """The ranker trained on labels before the evaluation window (judged on it)."""
+    lines: PurchaseLines | None = None
+    config: TwoStageConfig | None = None
+
+    def stage_at(self, day: int, als: Any) -> StageModels:
+        """A stage as of ``day`` with the given ALS model (for the promotion gate)."""
+        assert self.lines is not None and self.config is not None
+        return fit_stage(self.lines, day, self.config, als=als)
 
 
-def _day(ts: pd.Timestamp) -> int:
+def day_number(ts: pd.Timestamp) -> int:
+    """The day of a midnight timestamp as :class:`PurchaseLines` counts days."""
     return int((ts - pd.Timestamp("1970-01-01")).days)
 
 
@@ -103,7 +113,7 @@ def fit_two_stage(
     t = time.perf_counter()
     lines = PurchaseLines.from_frame(purchases, customers, items, catalog=catalog)
     w = int(cfg.eval_days)
-    cut_day, end_day = _day(eval_cut), _day(end)
+    cut_day, end_day = day_number(eval_cut), day_number(end)
     tcfg = TwoStageConfig(
         window_days=w,
         max_train_customers=cfg.ranker_train_customers,
@@ -169,7 +179,14 @@ def fit_two_stage(
     explore_list = "ranker" if wins else "als"
     say(f"        ranker nDCG@10 {mine:.4f}, best baseline {best} {best_ndcg:.4f}: serving {serve}")
 
-    result = RankerResult(serve=serve, explore=explore_list, reason=reason)
+    result = RankerResult(
+        serve=serve,
+        explore=explore_list,
+        reason=reason,
+        judged=judged_ranker,
+        lines=lines,
+        config=tcfg,
+    )
     result.metrics = {
         "ranker": {**figures, "seconds": round(sum(seconds.values()), 2)},
         "ranking_explore": explore,

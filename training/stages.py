@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,10 @@ from recommender.data.transactions import (
     load_catalog,
     load_transactions,
 )
-from recommender.gate import Candidate, GateConfig, Verdict, judge, rescore
+from recommender.gate import Candidate, GateConfig, Lists, Verdict, judge, rescore
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.baselines import PopularityRecommender
+from recommender.ranking.two_stage import rank_among, rank_customers
 from recommender.store.artifacts import (
     ArtifactError,
     current_version,
@@ -59,7 +61,7 @@ from recommender.store.bundle import (
 from recommender.store.lock import StoreLock
 from training import ranking
 from training.config import ALSConfig, TrainConfig
-from training.ranker_step import RankerResult, fit_two_stage
+from training.ranker_step import RankerResult, day_number, fit_two_stage
 from training.search import search as run_search
 
 if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
@@ -634,6 +636,9 @@ def _active_top_lists(
         active = np.sort(np.random.default_rng(seed).choice(active, 10_000, replace=False))
     if topn is not None:
         return topn[0][active, :10], topn[1][active, :10]
+    two = ranked.two_stage
+    if ranked.served == "ranker" and two is not None and two.ranker and two.stage:
+        return rank_customers(two.stage, two.ranker, active, 10)
     return ranked.model.recommend(active, tables.history, k=10)
 
 
@@ -646,10 +651,13 @@ def _rescore_current(
     cfg: GateConfig,
     seed: int,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Both ALS models on the purchases of the window after the current
-    version's day, trained on the same span of the log; or None and why not."""
+    """Both versions' served lists (ALS's or the ranker's) on the purchases of
+    the window after the current version's day, trained on the same span of
+    the log; or None and why not."""
     if ranked.judged is None or ranked.window is None:
         return None, "the new version has no judged ranking model"
+    if ranked.served not in ("als", "ranker"):
+        return None, f"the new version serves {ranked.served}'s table, which is not re-scored"
     try:
         trained_to = pd.Timestamp(previous["as_of"])
     except (KeyError, TypeError, ValueError):
@@ -661,8 +669,13 @@ def _rescore_current(
         current: Bundle = load_bundle(models_dir, name)
     except ArtifactError as exc:
         return None, f"the current version cannot be loaded ({exc})"
-    if current.als is None:
-        return None, "the current version has no ranking model"
+    current_list: ALSRecommender | Lists
+    if current.served == "ranker" and current.ranker is not None and current.stage is not None:
+        current_list = partial(rank_among, current.stage, current.ranker)
+    elif current.served == "als" and current.als is not None:
+        current_list = current.als
+    else:
+        return None, f"the current version serves {current.served}'s list, which is not re-scored"
     unseen = rows_in_time_range(data.purchases, since, data.end)
     relevant = build_matrix(unseen.assign(weight=1.0), data.customers, data.items)
     candidate = ranked.judged
@@ -679,12 +692,19 @@ def _rescore_current(
             warm_start=ranked.judged,
             iterations=ranked.config.refit_iterations,
         )
+    candidate_list: ALSRecommender | Lists = candidate
+    two = ranked.two_stage
+    if ranked.served == "ranker" and two is not None and two.judged is not None:
+        # the ranker judged on the window (its labels end where the window
+        # starts), with features as of the current version's day
+        stage = two.stage_at(day_number(since), candidate)
+        candidate_list = partial(rank_among, stage, two.judged)
     figures = rescore(
-        candidate,
+        candidate_list,
         data.customers,
         data.items,
         relevant,
-        current.als,
+        current_list,
         current.customers,
         current.items,
         cfg.metric,

@@ -77,6 +77,7 @@ __all__ = [
     "fit_stage",
     "judge",
     "judged_customers",
+    "rank_among",
     "rank_customers",
     "score_candidates",
     "stage_from_state",
@@ -426,6 +427,33 @@ def rank_customers(
         out_items[start : start + block.size] = items
         out_scores[start : start + block.size] = top
     return out_items, out_scores
+
+
+def rank_among(
+    stage: StageModels, ranker: LTRRanker, rows: np.ndarray, cols: np.ndarray, k: int
+) -> np.ndarray:
+    """Top-``k`` of customer ``rows`` among the item rows ``cols`` only, as
+    positions into ``cols`` (``-1`` where fewer candidates are left): the
+    served list as the promotion gate compares it with another version's."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n_items = stage.snapshot.n_items
+    at = np.full(n_items, -1, dtype=np.int64)
+    at[np.asarray(cols, dtype=np.int64)] = np.arange(len(cols))
+    k = min(k, len(cols))
+    out = np.full((rows.size, k), -1, dtype=np.int64)
+    none = np.full(n_items, -np.inf, dtype=np.float32)
+    for start in range(0, rows.size, stage.config.block_size):
+        block = rows[start : start + stage.config.block_size]
+        cands, _, scores = score_candidates(stage, ranker, block)
+        m = cands.matrix
+        keep = at[m.indices] >= 0
+        local = np.repeat(np.arange(block.size), np.diff(m.indptr))
+        entries = sp.csr_matrix(
+            (scores[keep], (local[keep], m.indices[keep])), shape=(block.size, n_items)
+        )
+        items, _ = top_k_sparse(entries, none, k)
+        out[start : start + block.size] = np.where(items >= 0, at[np.maximum(items, 0)], -1)
+    return out
 
 
 # -- judging -------------------------------------------------------------------

@@ -50,7 +50,7 @@ from recommender.value.clv import lifetime_value
 
 Strategy = Literal["personalized", "folded_in", "popular"]
 #: Served lists that rank a customer's own purchases like any other item.
-REPEAT_LISTS = ("ranker", "p_topfreq", "personal_frequency")
+REPEAT_LISTS = ("ranker", "p_topfreq", "tifu_knn", "personal_frequency")
 ErrorKind = Literal["bad_request", "unavailable"]
 
 

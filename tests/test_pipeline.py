@@ -130,7 +130,7 @@ def test_a_version_is_published_with_a_complete_manifest(trained, log_path):
     # metrics for ALS, the four baselines and the two-stage ranker, all proper nDCGs
     rank = man["metrics"]["ranking"]
     assert set(rank) == {
-        "als", "popularity", "item_knn", "personal_frequency", "p_topfreq", "ranker"
+        "als", "popularity", "item_knn", "personal_frequency", "p_topfreq", "tifu_knn", "ranker"
     }  # fmt: skip
     served = man["serving"]["list"]
     best = max((n for n in rank if n != "ranker"), key=lambda n: rank[n]["ndcg@10"])

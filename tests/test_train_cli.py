@@ -53,7 +53,7 @@ def test_train_publishes_an_evaluated_version(trained):
     man = json.loads((trained / version / "manifest.json").read_text())
     rank = man["metrics"]["ranking"]
     assert set(rank) == {
-        "als", "popularity", "item_knn", "personal_frequency", "p_topfreq", "ranker"
+        "als", "popularity", "item_knn", "personal_frequency", "p_topfreq", "tifu_knn", "ranker"
     }  # fmt: skip
     assert rank["als"]["ndcg@10"] > 1.5 * rank["popularity"]["ndcg@10"]
     for key in ("rows", "customers", "items", "time_min", "time_max", "sha256"):

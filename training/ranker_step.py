@@ -33,7 +33,7 @@ from recommender.ranking.baselines import ItemKNNRecommender, PersonalFrequencyR
 from recommender.ranking.features import PurchaseLines
 from recommender.ranking.ltr import LTRRanker
 from recommender.ranking.metrics import evaluate_rankings, split_relevant
-from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender
+from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender, TIFUKNNRecommender
 from recommender.ranking.two_stage import (
     StageModels,
     TwoStageConfig,
@@ -48,7 +48,7 @@ from training.config import TrainConfig
 
 K_NDCG, K_RECALL, K_MAP = ranking.K_NDCG, ranking.K_RECALL, ranking.K_MAP
 #: Baselines whose whole-log list can be served in the ranker's place.
-TABLE_BASELINES = ("p_topfreq", "personal_frequency", "item_knn")
+TABLE_BASELINES = ("p_topfreq", "tifu_knn", "personal_frequency", "item_knn")
 
 
 @dataclass
@@ -304,10 +304,10 @@ def _served_table(
     )
     counts.sum_duplicates()
     model: Recommender
-    if serve == "p_topfreq":
-        model = PTopFreqRecommender().fit(
-            counts, baskets=Baskets.from_lines(c, i, d, n_customers, n_items)
-        )
+    if serve in ("p_topfreq", "tifu_knn"):
+        baskets = Baskets.from_lines(c, i, d, n_customers, n_items)
+        model = PTopFreqRecommender() if serve == "p_topfreq" else TIFUKNNRecommender()
+        model.fit(counts, baskets=baskets)
     elif serve == "personal_frequency":
         model = PersonalFrequencyRecommender().fit(counts)
     else:

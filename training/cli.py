@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--half-life-days", type=_positive_float, help="recency decay of order lines")
     t.add_argument("--no-baselines", action="store_true", help="skip the baseline models")
     t.add_argument("--no-timing", action="store_true", help="skip the next-purchase model")
+    t.add_argument(
+        "--no-ranker",
+        action="store_true",
+        help="skip the two-stage ranker: serve ALS's list (or the best baseline's)",
+    )
     t.add_argument("--top-n", type=int, default=100, help="picks precomputed per customer")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-publish", action="store_true", help="write the version, keep current")
@@ -345,6 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         top_n=max(args.top_n, 0),
         run_baselines=not args.no_baselines,
         timing=not args.no_timing,
+        ranker=not args.no_ranker,
         als=dataclasses.replace(ALSConfig(), **als_over),
         search=SearchConfig(
             enabled=args.search, time_budget_s=args.search_budget, max_trials=args.search_trials

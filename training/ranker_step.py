@@ -36,10 +36,11 @@ from recommender.ranking.metrics import evaluate_rankings, split_relevant
 from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender, TIFUKNNRecommender
 from recommender.ranking.two_stage import (
     StageModels,
+    TrainingSet,
     TwoStageConfig,
-    candidate_recall,
     fit_stage,
     rank_customers,
+    rank_for_judging,
     train_ranker,
 )
 from recommender.timing.repurchase import RepurchaseModel
@@ -111,7 +112,7 @@ def fit_two_stage(
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    lines = PurchaseLines.from_frame(purchases, customers, items, catalog=catalog)
+    lines = PurchaseLines.from_indexed(purchases, customers, items, catalog=catalog)
     w = int(cfg.eval_days)
     cut_day, end_day = day_number(eval_cut), day_number(end)
     tcfg = TwoStageConfig(
@@ -131,6 +132,8 @@ def fit_two_stage(
             rep = None
             if day == cut_day:
                 als = ranked.judged
+            elif day == cut_day - w and ranked.earlier is not None:
+                als = ranked.earlier
             elif day == end_day:
                 als, rep = ranked.model, repurchase
             else:
@@ -147,14 +150,15 @@ def fit_two_stage(
     stage_cut = stage_at(cut_day)
     rows = np.asarray(window.users, dtype=np.int64)
     k = max(K_NDCG, K_RECALL, K_MAP)
-    lists, _ = rank_customers(stage_cut, judged_ranker, rows, k)
+    lists, explore_lists, recall, labelled = rank_for_judging(
+        stage_cut, judged_ranker, rows, window.relevant, k
+    )
     rel, hist = window.relevant[rows], window.counts[rows]
     n_items = len(items)
     figures = evaluate_rankings(
         lists, rel, hist, n_items, k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP
     )
-    explore = _explore(stage_cut, judged_ranker, ranked.judged, rows, rel, hist, window.counts)
-    recall = candidate_recall(stage_cut, rows, window.relevant)
+    explore = _explore(explore_lists, ranked.judged, rows, rel, hist, window.counts, n_items)
     seconds["judge"] = time.perf_counter() - t
 
     table = {name: m for name, m in baseline_metrics.items() if not m.get("for_gate_only")}
@@ -202,7 +206,7 @@ def fit_two_stage(
     }
     if serve == "ranker" or explore_list == "ranker":
         t = time.perf_counter()
-        published, _, _, _ = train_ranker(lines, cut_day, tcfg, stage_at=stage_at)
+        published = _publishing_ranker(labelled, train_set, judged_ranker, tcfg)
         stage_end = stage_at(end_day)
         seconds["train_published"] = time.perf_counter() - t
         result.ranker, result.stage = published, stage_end
@@ -227,6 +231,32 @@ def fit_two_stage(
     return result
 
 
+def _publishing_ranker(
+    labelled: TrainingSet, earlier: TrainingSet, judged: LTRRanker, tcfg: TwoStageConfig
+) -> LTRRanker:
+    """The ranker for publishing, with the judged ranker's settings: it learns
+    from the evaluation window's purchases (labels) with features as of its
+    start, on the judged customers, and from the windows the judged ranker
+    learned from; a seeded share of the judged customers is held out for
+    early stopping. The features were computed by the judgement's pass."""
+    groups = np.asarray(labelled.groups)
+    if groups.size < 2:
+        return judged
+    held = np.random.default_rng(tcfg.seed).random(groups.size) < tcfg.valid_share
+    if held.all() or not held.any():
+        held = np.arange(groups.size) % 5 == 0
+    row_held = np.repeat(held, groups)
+    params = {"num_threads": tcfg.num_threads, "seed": tcfg.seed, **tcfg.ranker}
+    ranker = LTRRanker(judged.features, **params)
+    ranker.fit(
+        np.concatenate([labelled.features[~row_held], earlier.features]),
+        np.concatenate([labelled.labels[~row_held], earlier.labels]),
+        np.concatenate([groups[~held], earlier.groups]),
+        valid=(labelled.features[row_held], labelled.labels[row_held], groups[held]),
+    )
+    return ranker
+
+
 def _als_before(
     frame: pd.DataFrame, customers: Any, items: Any, als_cfg: Any, day: int, seed: int
 ) -> Any:
@@ -240,38 +270,32 @@ def _als_before(
 
 
 def _explore(
-    stage: StageModels,
-    ranker: LTRRanker,
+    lists: np.ndarray,
     als: Any,
     rows: np.ndarray,
     rel: sp.csr_matrix,
     hist: sp.csr_matrix,
     counts: sp.csr_matrix,
+    n_items: int,
 ) -> dict[str, dict[str, Any]]:
-    """Explore-only lists (every purchase hidden), judged on new items."""
+    """The explore-only lists (every purchase hidden) of the ranker and of ALS,
+    judged on new items, for the customers who bought one."""
     _, new = split_relevant(sp.csr_matrix(rel), sp.csr_matrix(hist))
     has_new = np.diff(new.indptr) > 0
     if not has_new.any():
         return {}
     sub = rows[has_new]
     k = max(K_NDCG, K_RECALL, K_MAP)
-    n_items = stage.snapshot.n_items
-    out: dict[str, dict[str, Any]] = {}
-    lists, _ = rank_customers(stage, ranker, sub, k, exclude_history=True)
-    out["ranker"] = evaluate_rankings(
-        lists, new[has_new], hist[has_new], n_items, k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP
-    )
+
+    def judged(ranked: np.ndarray) -> dict[str, Any]:
+        return evaluate_rankings(
+            ranked, new[has_new], hist[has_new], n_items,
+            k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP,
+        )  # fmt: skip
+
+    out = {"ranker": judged(lists[has_new])}
     if als is not None:
-        als_lists, _ = als.recommend(sub, counts, k=k, exclude_seen=True)
-        out["als"] = evaluate_rankings(
-            als_lists,
-            new[has_new],
-            hist[has_new],
-            n_items,
-            k_ndcg=K_NDCG,
-            k_recall=K_RECALL,
-            k_map=K_MAP,
-        )
+        out["als"] = judged(als.recommend(sub, counts, k=k, exclude_seen=True)[0])
     return out
 
 

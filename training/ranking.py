@@ -153,18 +153,21 @@ def _purchase_baskets(split: Split) -> Baskets:
     )
 
 
-def evaluate_baselines(split: Split) -> dict[str, dict[str, Any]]:
-    """Popularity, item-kNN, personal frequency, P-TopFreq and TIFU-KNN on the
-    same split (TIFU-KNN's neighbours searched for the judged customers only)."""
+def evaluate_baselines(split: Split, *, tifu: bool = True) -> dict[str, dict[str, Any]]:
+    """Popularity, item-kNN, personal frequency, P-TopFreq and (with ``tifu``)
+    TIFU-KNN on the same split (TIFU-KNN's neighbours searched for the judged
+    customers only)."""
     out: dict[str, dict[str, Any]] = {}
     baskets: Baskets | None = None
-    for model in (
+    models: list[Recommender] = [
         PopularityRecommender(),
         ItemKNNRecommender(),
         PersonalFrequencyRecommender(),
         PTopFreqRecommender(),
-        TIFUKNNRecommender(neighbours_for=split.users),
-    ):
+    ]
+    if tifu:
+        models.append(TIFUKNNRecommender(neighbours_for=split.users))
+    for model in models:
         t0 = time.perf_counter()
         if isinstance(model, PTopFreqRecommender | TIFUKNNRecommender):
             baskets = baskets or _purchase_baskets(split)

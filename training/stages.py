@@ -188,6 +188,9 @@ class RankingResult:
     judged: ALSRecommender | None = None
     """The model fitted before the window and judged on it (the gate re-scores it)."""
     window: ranking.Split | None = None
+    earlier: ALSRecommender | None = None
+    """Fitted on the history before the ranker's label window (one window
+    before the evaluation window), when the ranker is on."""
     two_stage: RankerResult | None = None
     """The two-stage ranker and the list chosen to serve (None: ALS's, untried)."""
 
@@ -370,8 +373,14 @@ def judge_baselines(window: ranking.Split, cfg: TrainConfig, run: Run) -> dict[s
     """Popularity, item-kNN and personal frequency on the window (when configured)."""
     if not cfg.run_baselines:
         return {}
+    tifu = len(window.train) <= cfg.tifu_max_rows
+    if not tifu:
+        run.say(
+            f"        TIFU-KNN not judged: the history has more than {cfg.tifu_max_rows:,} rows "
+            "(its neighbour search would cost more than the ranker)"
+        )
     with run.step("evaluate the baselines on the window"):
-        return ranking.evaluate_baselines(window)
+        return ranking.evaluate_baselines(window, tifu=tifu)
 
 
 def fit_ranking(
@@ -386,6 +395,23 @@ def fit_ranking(
 ) -> RankingResult:
     """Search (when on), fit ALS on the history, judge it on the window, refit on everything."""
     chosen, trials = _choose_config(data, tables, cfg, run)
+    earlier = None
+    if cfg.ranker:
+        # The ranker learns from features as of one window before the
+        # evaluation window, ALS's among them: that model is fitted first,
+        # and the one judged on the window is warm-started from it (as the
+        # published one is from the judged one), so the chain costs one fit.
+        start = data.eval_cut - pd.Timedelta(days=cfg.eval_days)
+        seen = rows_in_time_range(data.frame, None, start)
+        if len(seen):
+            with run.step("fit ALS on the history before the ranker's label window"):
+                earlier = ranking.fit_als(
+                    ranking.weighted_matrix(seen, data.customers, data.items, chosen, now=start),
+                    chosen,
+                    cfg.seed,
+                    iterations=chosen.history_iterations,
+                    show_progress=show_progress,
+                )
     with run.step("fit ALS on the history before the window"):
         matrix = ranking.weighted_matrix(
             window.train,
@@ -399,7 +425,8 @@ def fit_ranking(
             matrix,
             chosen,
             cfg.seed,
-            iterations=chosen.history_iterations,
+            iterations=chosen.history_iterations if earlier is None else chosen.refit_iterations,
+            warm_start=earlier,
             show_progress=show_progress,
         )
     with run.step("evaluate ALS on the window"):
@@ -425,7 +452,13 @@ def fit_ranking(
             full, chosen, cfg.seed, warm_start=judged, iterations=chosen.refit_iterations
         )
     return RankingResult(
-        model=model, config=chosen, trials=trials, metrics=metrics, judged=judged, window=window
+        model=model,
+        config=chosen,
+        trials=trials,
+        metrics=metrics,
+        judged=judged,
+        window=window,
+        earlier=earlier,
     )
 
 
@@ -638,7 +671,9 @@ def _active_top_lists(
         return topn[0][active, :10], topn[1][active, :10]
     two = ranked.two_stage
     if ranked.served == "ranker" and two is not None and two.ranker and two.stage:
-        return rank_customers(two.stage, two.ranker, active, 10)
+        # ranked live: a sample of 2,000 shows collapsed or empty lists as well
+        few = np.sort(np.random.default_rng(seed).permutation(active)[:2000])
+        return rank_customers(two.stage, two.ranker, few, 10)
     return ranked.model.recommend(active, tables.history, k=10)
 
 

@@ -156,6 +156,34 @@ class PurchaseLines:
         """
         c = customers.rows(frame["customer_id"].to_numpy())
         i = items.rows(frame["item_id"].to_numpy())
+        return cls._from_rows(frame, c, i, len(customers), items, catalog)
+
+    @classmethod
+    def from_indexed(
+        cls,
+        frame: pd.DataFrame,
+        customers: IdIndex,
+        items: IdIndex,
+        *,
+        catalog: pd.DataFrame | None = None,
+    ) -> PurchaseLines:
+        """:meth:`from_frame` of a frame whose rows are already on the indexes
+        (``crow`` and ``irow`` columns, ``-1`` for an id left out): no id is
+        looked up again."""
+        c = frame["crow"].to_numpy(dtype=np.int64)
+        i = frame["irow"].to_numpy(dtype=np.int64)
+        return cls._from_rows(frame, c, i, len(customers), items, catalog)
+
+    @classmethod
+    def _from_rows(
+        cls,
+        frame: pd.DataFrame,
+        c: np.ndarray,
+        i: np.ndarray,
+        n_customers: int,
+        items: IdIndex,
+        catalog: pd.DataFrame | None,
+    ) -> PurchaseLines:
         keep = (c >= 0) & (i >= 0)
         days = frame["timestamp"].to_numpy(dtype="datetime64[D]").astype(np.int64)
         qty = frame["quantity"].to_numpy()[keep] if "quantity" in frame else None
@@ -171,7 +199,7 @@ class PurchaseLines:
             c[keep].astype(np.int64),
             i[keep].astype(np.int64),
             days[keep],
-            len(customers),
+            n_customers,
             len(items),
             qty,
             price,

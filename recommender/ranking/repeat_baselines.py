@@ -484,17 +484,24 @@ class TIFUKNNRecommender(_BasketRecommender):
             who = np.unique(np.asarray(self.neighbours_for, dtype=np.int64))
             rows_, cols_, vals_ = [], [], []
             keep_n = int(self.n_neighbors) + 1
+            unit_t = sp.csr_matrix(unit.T)  # once: a CSC operand is converted per product
             for start in range(0, who.size, 128):
                 block = who[start : start + 128]
-                sims = sp.csr_matrix(unit[block] @ unit.T).tocoo()
-                order = np.lexsort((sims.col, -sims.data, sims.row))
-                r, c, v = sims.row[order], sims.col[order], sims.data[order]
-                counts = np.bincount(r, minlength=block.size)
-                rank = np.arange(r.size) - np.repeat(np.cumsum(counts) - counts, counts)
-                top = rank < keep_n
-                rows_.append(block[r[top]])
-                cols_.append(c[top])
-                vals_.append(v[top])
+                sims = sp.csr_matrix(unit[block] @ unit_t)
+                for j, row in enumerate(block.tolist()):
+                    lo, hi = sims.indptr[j], sims.indptr[j + 1]
+                    vals, cols = sims.data[lo:hi], sims.indices[lo:hi]
+                    if vals.size > keep_n:
+                        # the keep_n best, ties at the edge to the lower column
+                        kth = np.partition(vals, vals.size - keep_n)[vals.size - keep_n]
+                        sel = vals > kth
+                        ties = np.flatnonzero(vals == kth)
+                        need = keep_n - int(sel.sum())
+                        sel[ties[np.argsort(cols[ties], kind="stable")][:need]] = True
+                        vals, cols = vals[sel], cols[sel]
+                    rows_.append(np.full(vals.size, row, dtype=np.int64))
+                    cols_.append(cols.astype(np.int64))
+                    vals_.append(vals)
             knn = sp.coo_matrix(
                 (
                     np.concatenate(vals_) if vals_ else np.zeros(0),

@@ -78,6 +78,7 @@ __all__ = [
     "judge",
     "judged_customers",
     "rank_among",
+    "rank_for_judging",
     "rank_customers",
     "score_candidates",
     "stage_from_state",
@@ -457,6 +458,72 @@ def rank_among(
 
 
 # -- judging -------------------------------------------------------------------
+
+
+def rank_for_judging(
+    stage: StageModels,
+    ranker: LTRRanker,
+    rows: np.ndarray,
+    relevant: sp.csr_matrix,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float | None], TrainingSet]:
+    """One pass over the candidates of ``rows`` for a judgement: the ranked
+    lists (as :func:`rank_customers`), the explore-only lists
+    (``exclude_history=True``), :func:`candidate_recall` on ``relevant``
+    (customers x items of the judged window), and the pass's features with
+    labels from ``relevant`` as a :class:`TrainingSet` (as
+    :func:`build_training_set` builds it): the judged window's purchases are
+    the labels a ranker for publishing learns from."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n_items = stage.snapshot.n_items
+    k = min(k, n_items)
+    lists = np.full((rows.size, k), -1, dtype=np.int32)
+    explore = np.full((rows.size, k), -1, dtype=np.int32)
+    none = np.full(n_items, -np.inf, dtype=np.float32)
+    history = stage.snapshot.history_rows(rows)
+    rel = sp.csr_matrix(relevant[rows])
+    repeat, new = split_relevant(rel, history)
+    found = {"all": 0.0, "repeat": 0.0, "new": 0.0}
+    total = {"all": 0.0, "repeat": 0.0, "new": 0.0}
+    n_cands = 0
+    xs, ys, gs, rs = [], [], [], []
+    for start in range(0, rows.size, stage.config.block_size):
+        block = rows[start : start + stage.config.block_size]
+        cands, x, scores = score_candidates(stage, ranker, block)
+        y = _labels_of(cands, relevant, stage.config)
+        sizes = cands.group_sizes()
+        positive = np.add.reduceat(y > 0, np.r_[0, np.cumsum(sizes)[:-1]]) > 0
+        positive &= sizes > 0
+        keep_rows = np.repeat(positive, sizes)
+        xs.append(x[keep_rows])
+        ys.append(y[keep_rows])
+        gs.append(sizes[positive])
+        rs.append(block[positive])
+        m = cands.matrix
+        local = np.repeat(np.arange(block.size), np.diff(m.indptr))
+        for out, keep in (
+            (lists, np.ones(m.nnz, dtype=bool)),
+            (explore, ~(x[:, PAIR_DAYS] > 0)),
+        ):
+            entries = sp.csr_matrix(
+                (scores[keep], (local[keep], m.indices[keep])), shape=(block.size, n_items)
+            )
+            out[start : start + block.size] = top_k_sparse(entries, none, k)[0]
+        member = sp.csr_matrix(m, dtype=np.float32)
+        member.data[:] = 1.0
+        n_cands += member.nnz
+        for name, part in (("all", rel), ("repeat", repeat), ("new", new)):
+            sub = sp.csr_matrix(part[start : start + block.size])
+            sub.data[:] = 1.0
+            found[name] += float(sub.multiply(member).sum())
+            total[name] += float(sub.sum())
+    recall: dict[str, float | None] = {
+        f"candidate_recall_{name}": (found[name] / total[name] if total[name] else None)
+        for name in found
+    }
+    recall["candidates_per_customer"] = n_cands / max(rows.size, 1)
+    labelled = _concat([TrainingSet(*parts) for parts in zip(xs, ys, gs, rs, strict=True)])
+    return lists, explore, recall, labelled
 
 
 def fit_baselines(lines: PurchaseLines, stage: StageModels) -> dict[str, Recommender]:

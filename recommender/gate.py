@@ -311,7 +311,7 @@ def _ranking(cand: Candidate, current: dict[str, Any] | None, cfg: GateConfig, c
             + (
                 ""
                 if ok
-                else ": below popularity, so the log carries no usable signal "
+                else ": no better than popularity, so the log carries no usable signal "
                 "(item ids scrambled or mismatched?)"
             ),
             candidate=mine,

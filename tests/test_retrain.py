@@ -152,7 +152,7 @@ def test_shuffled_item_ids_are_held_back_with_exit_3(logs, store, capsys):
     before = current_version(store)
     assert train(logs.shuffled, store, items=logs.items) == EXIT_HELD_BACK
     err = capsys.readouterr().err
-    assert "held back by the promotion gate" in err and "below popularity" in err
+    assert "held back by the promotion gate" in err and "no better than popularity" in err
     assert err.count("\n") == 1
     assert current_version(store) == before  # still serving the good one
     held = newest(store)
@@ -169,7 +169,7 @@ def test_the_first_version_of_a_store_must_beat_popularity(logs, tmp_path):
     assert current_version(models) is None and len(list_versions(models)) == 1
     g = gate_of(models, newest(models))
     assert g["compared_with"] is None
-    assert any("below popularity" in r for r in g["reasons"])
+    assert any("no better than popularity" in r for r in g["reasons"])
 
 
 @pytest.mark.parametrize(
@@ -405,7 +405,7 @@ def test_subprocess_exit_codes_0_3_and_4(logs, tmp_path):
     assert p.returncode == EXIT_OK, p.stderr
     p = encore("train", "--transactions", str(logs.shuffled), "--models-dir", models, *FAST)
     assert p.returncode == EXIT_HELD_BACK, p.stderr
-    assert "below popularity" in p.stderr
+    assert "no better than popularity" in p.stderr
     with StoreLock(models):
         p = encore("train", "--transactions", str(logs.good), "--models-dir", models, *FAST)
     assert p.returncode == EXIT_LOCKED and "locked" in p.stderr

@@ -244,11 +244,39 @@ def _ranking_section(m: dict[str, Any]) -> str:
         return "<h2>Ranking</h2><p>No ranking model in this version.</p>"
     rows = [[_e(name), *(_f(fig.get(c)) for c in RANKING_COLUMNS)] for name, fig in ranking.items()]
     w = (m.get("metrics") or {}).get("ranking_window") or {}
+    metrics = m.get("metrics") or {}
+    serving = metrics.get("serving") or {}
+    served = (
+        f"<p><strong>Served list: {_e(serving.get('list') or 'als')}</strong>"
+        + (f" ({_e(serving['reason'])})" if serving.get("reason") else "")
+        + (
+            f"; explore-only questions (purchases hidden): {_e(serving['explore'])}"
+            if serving.get("explore")
+            else ""
+        )
+        + ".</p>"
+    )
+    explore = metrics.get("ranking_explore") or {}
     out = (
         "<h2>Ranking against the baselines</h2>"
         f"<p>Held-out window {_e(w.get('start'))} .. {_e(w.get('end'))}; every model on the "
-        "same customers.</p>" + _table(["model", *RANKING_COLUMNS], rows)
+        "same customers.</p>" + served + _table(["model", *RANKING_COLUMNS], rows)
     )
+    if explore:
+        out += "<h3>Explore-only lists, judged on new items</h3>" + _table(
+            ["list", *RANKING_COLUMNS],
+            [[_e(n), *(_f(f.get(c)) for c in RANKING_COLUMNS)] for n, f in explore.items()],
+        )
+    training = metrics.get("ranker_training") or {}
+    if training.get("importance"):
+        gains = sorted(training["importance"].items(), key=lambda kv: -kv[1])
+        out += (
+            "<h3>What the ranker learned from</h3><p>Share of the gain of its trees, "
+            f"from {_f(training.get('train_customers'))} customers' "
+            f"{_f(training.get('train_rows'))} candidate rows: "
+            + ", ".join(f"{_e(k)} {v:.0%}" for k, v in gains)
+            + ".</p>"
+        )
     checks = {c["check"]: c for c in (m.get("gate") or {}).get("checks", [])}
     vs = checks.get("ranking vs current")
     if vs is not None:

@@ -67,9 +67,14 @@ def print_summary(result: Any, console: Console) -> None:
         t.add_column("model")
         for c in RANK_COLS:
             t.add_column(c, justify="right")
+        served = (metrics.get("serving") or {}).get("list")
         for name, row in ranking.items():
-            t.add_row(name, *(_f(row.get(c)) for c in RANK_COLS))
+            label = f"{name} (served)" if name == served else name
+            t.add_row(label, *(_f(row.get(c)) for c in RANK_COLS))
         console.print(t)
+        reason = (metrics.get("serving") or {}).get("reason")
+        if reason:
+            console.print(f"Served list: {reason}")
     timing = metrics.get("timing")
     if timing:
         t = Table(

@@ -409,3 +409,15 @@ def test_due_items_are_the_buy_again_items_due_with_probability_at_least_a_half(
         assert a.due_items(row) == expected, row
         n_due += len(expected)
     assert n_due > 0  # the shop has due items, so the comparison says something
+
+
+def test_recent_items_and_unknown_customers_keep_working(client, bundle):
+    """Whatever list is served, recent items fold into ALS and strangers get popular items."""
+    recent = [bundle.items.id(int(i)) for i in np.argsort(-bundle.popularity)[:3]]
+    r = client.post("/v1/recommendations", json={"recent_items": recent, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == "folded_in" and len(body["items"]) == 5
+    assert not {i["item_id"] for i in body["items"]} & set(recent)
+    r = client.get("/v1/customers/somebody-new/recommendations", params={"k": 4})
+    assert r.status_code == 200 and r.json()["strategy"] == "popular"

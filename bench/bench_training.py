@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument(
         "--train-args",
         default="",
-        help="extra `encore train` options, e.g. \"--no-timing --no-ranker\" (the ALS part alone)",
+        help='extra `encore train` options, e.g. "--no-timing --no-ranker" (the ALS part alone)',
     )
     ap.add_argument(
         "--repeats",
@@ -171,7 +171,7 @@ def main() -> None:
             ratio = wall / ref_mean
             ratios.append(ratio)
             peaks.append(peak)
-            # the two ALS steps (history fit, refit) against everything else
+            # the ALS steps (history fits, refit) against everything else
             als = sum(
                 float(m.group(1))
                 for m in re.finditer(
@@ -182,7 +182,7 @@ def main() -> None:
                 f"encore train run {i + 1} (whole run, no search{extra}): {wall:.1f}s, "
                 f"peak {peak / 2**30:.2f} GiB; ratio to the mean of the reference "
                 f"fits before and after ({before:.1f}s, {after:.1f}s) = {ratio:.2f}; "
-                f"its two ALS steps {als:.1f}s ({als / ref_mean:.2f} of that mean), "
+                f"its ALS steps {als:.1f}s ({als / ref_mean:.2f} of that mean), "
                 f"everything else {wall - als:.1f}s",
                 flush=True,
             )

@@ -234,25 +234,21 @@ def fit_two_stage(
 def _publishing_ranker(
     labelled: TrainingSet, earlier: TrainingSet, judged: LTRRanker, tcfg: TwoStageConfig
 ) -> LTRRanker:
-    """The ranker for publishing, with the judged ranker's settings: it learns
-    from the evaluation window's purchases (labels) with features as of its
-    start, on the judged customers, and from the windows the judged ranker
-    learned from; a seeded share of the judged customers is held out for
-    early stopping. The features were computed by the judgement's pass."""
-    groups = np.asarray(labelled.groups)
-    if groups.size < 2:
+    """The ranker for publishing, with the judged ranker's settings and as
+    many trees as early stopping kept for it: it learns from the evaluation
+    window's purchases (labels) with features as of its start, on the judged
+    customers, and from the windows the judged ranker learned from. The
+    features were computed by the judgement's pass; nothing is held out, as
+    the number of trees is already chosen."""
+    if np.asarray(labelled.groups).size == 0:
         return judged
-    held = np.random.default_rng(tcfg.seed).random(groups.size) < tcfg.valid_share
-    if held.all() or not held.any():
-        held = np.arange(groups.size) % 5 == 0
-    row_held = np.repeat(held, groups)
     params = {"num_threads": tcfg.num_threads, "seed": tcfg.seed, **tcfg.ranker}
+    params["n_estimators"] = max(1, int(judged.best_iteration_ or judged.n_estimators))
     ranker = LTRRanker(judged.features, **params)
     ranker.fit(
-        np.concatenate([labelled.features[~row_held], earlier.features]),
-        np.concatenate([labelled.labels[~row_held], earlier.labels]),
-        np.concatenate([groups[~held], earlier.groups]),
-        valid=(labelled.features[row_held], labelled.labels[row_held], groups[held]),
+        np.concatenate([labelled.features, earlier.features]),
+        np.concatenate([labelled.labels, earlier.labels]),
+        np.concatenate([labelled.groups, earlier.groups]),
     )
     return ranker
 

@@ -865,7 +865,7 @@ def _read(timing: Any, rows: np.ndarray, pred: dict[str, np.ndarray]) -> dict[st
     }
 
 
-def purchase_curve(bundle: Bundle, row: int, days: Sequence[float]) -> np.ndarray:
+def purchase_curve(bundle: Bundle, row: int, days: Sequence[float] | np.ndarray) -> np.ndarray:
     """P(at least one purchase within ``d`` days) of a known customer for each ``d``.
 
     The curve the page plots; its value at a horizon is that row's

@@ -37,6 +37,7 @@ from recommender.data.transactions import (
     load_transactions,
 )
 from recommender.gate import Candidate, GateConfig, Verdict, judge, rescore
+from recommender.purchases import PURCHASES_FILE, purchase_log_bytes
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.baselines import PopularityRecommender
 from recommender.store.artifacts import (
@@ -764,7 +765,11 @@ def write_and_verify(
         spend=timing.spend,
         health=health,
         version=version,
-        reports={"timing_calibration.png": plot_once, "report.html": html},
+        reports={
+            "timing_calibration.png": plot_once,
+            "report.html": html,
+            PURCHASES_FILE: lambda: purchase_log_bytes(data.purchases, len(data.customers)),
+        },
     )
     # The file hashes were taken from these very files a moment ago (and
     # serving checks them when it loads): hashing them again here would only

@@ -284,6 +284,31 @@ def curve(
 
 
 # -- items ----------------------------------------------------------------------------
+class Category(BaseModel):
+    name: str
+    items: int
+
+
+class Categories(BaseModel):
+    categories: list[Category]
+    model_version: str
+
+
+@router.get(
+    "/categories",
+    response_model=Categories,
+    responses={503: {"model": Error}},
+    summary="The catalogue's categories (for the rules' and campaigns' filters)",
+)
+def categories(answerer: AnswererDep) -> Categories:
+    return Categories(
+        categories=[
+            Category(name=name, items=int(rows.size)) for name, rows in answerer.categories.items()
+        ],
+        model_version=answerer.bundle.version,
+    )
+
+
 class ItemMatch(Item):
     buyers: int = Field(description="customers who bought it")
 

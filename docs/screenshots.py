@@ -52,17 +52,20 @@ def shoot(models: Path, out: Path, width: int, height: int) -> list[Path]:
     with served(models) as base:
         driver = headless_chromium(width, height)
         try:
+            driver.set_window_size(width, height)
             driver.get(f"{base}/customers/{customer}")
             wait_for(driver, "#timing-plot svg")
             wait_for(driver, "#picks tr td")
             time.sleep(0.5)
             shots.append(_save(driver, out / "customer.png"))
             if item is not None:
+                driver.set_window_size(width, height)
                 driver.get(f"{base}/items/{item}")
                 wait_for(driver, "#buyers tr td")
                 wait_for(driver, "#newbuyers tr td")
                 time.sleep(0.5)
                 shots.append(_save(driver, out / "item.png"))
+            driver.set_window_size(width, height)
             driver.get(f"{base}/campaigns?kind=at_risk&within_days=30&min_probability=0&picks=3")
             wait_for(driver, "#c-preview tr td")
             time.sleep(0.5)
@@ -73,6 +76,11 @@ def shoot(models: Path, out: Path, width: int, height: int) -> list[Path]:
 
 
 def _save(driver, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The whole page: the window is made as tall as the page first."""
+    width = driver.get_window_size()["width"]
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(int(height) + 20, 4000))
+    time.sleep(0.3)
     driver.save_screenshot(str(path))
     return path
 

@@ -174,6 +174,12 @@ class PurchaseLog:
         """Customer ``row``'s lines, oldest first."""
         return slice(int(self.indptr[row]), int(self.indptr[row + 1]))
 
+    def days(self, row: int, *, limit: int = 2000) -> list[str]:
+        """Customer ``row``'s purchase days (``YYYY-MM-DD``), oldest first; the last ``limit``."""
+        day = self.day[self.lines(row)]
+        distinct = day[np.r_[True, day[1:] != day[:-1]]] if day.size else day
+        return [day_text(int(d)) for d in distinct[-limit:]]
+
     def orders(self, row: int, *, limit: int, before: str | None = None) -> tuple[list[Order], int]:
         """Customer ``row``'s orders (one per purchase day), newest first.
 

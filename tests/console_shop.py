@@ -21,14 +21,25 @@ class DemoShop:
 
 
 def train_demo_shop(
-    directory: Path, *, n_customers: int | None = None, n_items: int | None = None, seed: int = 0
+    directory: Path,
+    *,
+    n_customers: int | None = None,
+    n_items: int | None = None,
+    seed: int = 0,
+    rename: dict[str, str] | None = None,
 ) -> DemoShop:
-    """Generate the demo shop (or a smaller one) and train it into ``directory/models``."""
+    """Generate the demo shop (or a smaller one) and train it into ``directory/models``.
+
+    ``rename`` gives some customers other ids (non-ASCII ones, say) before training.
+    """
     # imported here, so a module that only serves does not pull `training` in
     from training.config import ALSConfig, SearchConfig, TrainConfig
     from training.pipeline import train
 
     shop = generate_shop("demo", n_customers=n_customers, n_items=n_items, seed=seed)
+    if rename:
+        tx = shop.transactions
+        shop.transactions = tx.assign(customer_id=tx["customer_id"].replace(rename))
     paths = write_shop(shop, directory / "shop")
     cfg = TrainConfig(
         top_n=50,

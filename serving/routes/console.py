@@ -172,6 +172,9 @@ class Timeline(BaseModel):
     last_purchase: str | None
     items_bought: int = Field(description="distinct items bought")
     orders: list[Order] = Field(description="a page of purchase days, newest first")
+    purchase_dates: list[str] = Field(
+        description="every purchase day, oldest first (the last 2,000), for the timeline's strip"
+    )
     has_dates: bool = Field(description="false for a version trained without dated purchases")
     note: str | None = None
     model_version: str
@@ -197,6 +200,7 @@ def timeline(
     bundle = answerer.bundle
     log = console.purchases
     orders: list[Order] = []
+    dates: list[str] = []
     total, first, last, note = 0, None, None, None
     if log is not None:
         got, total = log.orders(row, limit=limit, before=before)
@@ -210,6 +214,7 @@ def timeline(
                 for i, q, v in o.items
             ]
             orders.append(Order(date=o.date, value=_cents(o.value), items=lines))
+        dates = log.days(row)
         s = log.lines(row)
         if log.day[s].size:
             first, last = day_text(int(log.day[s][0])), day_text(int(log.day[s][-1]))
@@ -237,6 +242,7 @@ def timeline(
         last_purchase=last,
         items_bought=int(h.indptr[row + 1] - h.indptr[row]),
         orders=orders,
+        purchase_dates=dates,
         has_dates=log is not None,
         note=note,
         model_version=bundle.version,

@@ -248,7 +248,30 @@ async function showTiming(id, line) {
   plot.innerHTML = svg(W, H, parts) +
     `<div class="muted small">chance of buying within t days (blue); dashed: one half${c.p_active === null ? "" : "; dotted: chance they are still a customer"}</div>`;
   plot.dataset.points = String(c.days.length);
-  void line;
+  drawStrip(line, next);
+}
+
+// every purchase day on one line, from a year before the as-of day (or the first purchase)
+// to 90 days after it, with the day a purchase becomes more likely than not
+function drawStrip(line, next) {
+  const el = $("history-strip");
+  if (!line.purchase_dates.length) { el.innerHTML = ""; return; }
+  const day = s => Date.parse(s + "T00:00:00Z") / 864e5;
+  const asOf = day(line.as_of), start = Math.min(day(line.purchase_dates[0]), asOf - 365), end = asOf + 90;
+  const W = 520, H = 74, L = 10, R = 10, Y = 34;
+  const x = d => L + (d - start) / (end - start) * (W - L - R);
+  const parts = [`<line class="axis" x1="${L}" y1="${Y}" x2="${W - R}" y2="${Y}"/>`,
+    `<line class="axis" x1="${x(asOf)}" y1="${Y - 16}" x2="${x(asOf)}" y2="${Y + 16}"/>`,
+    `<text x="${x(asOf)}" y="${Y + 30}" text-anchor="middle">as of ${esc(line.as_of)}</text>`];
+  const first = new Date(start * 864e5), label = d => new Date(d).toISOString().slice(0, 7);
+  parts.push(`<text x="${L}" y="${Y + 30}">${label(first)}</text>`);
+  for (const d of line.purchase_dates) parts.push(`<circle class="dot" cx="${x(day(d)).toFixed(1)}" cy="${Y}" r="4"><title>${esc(d)}</title></circle>`);
+  if (next && next.next_purchase_date && day(next.next_purchase_date) <= end) {
+    const nx = x(day(next.next_purchase_date));
+    parts.push(`<circle class="future" cx="${nx.toFixed(1)}" cy="${Y}" r="6"><title>likely by ${esc(next.next_purchase_date)}</title></circle>`);
+    parts.push(`<text x="${nx}" y="${Y - 12}" text-anchor="middle">likely by ${esc(next.next_purchase_date)}</text>`);
+  }
+  el.innerHTML = svg(W, H, parts);
 }
 
 async function showPicks() {

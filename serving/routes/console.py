@@ -202,6 +202,11 @@ def timeline(
     orders: list[Order] = []
     dates: list[str] = []
     total, first, last, note = 0, None, None, None
+    if before is not None:
+        try:
+            np.datetime64(before, "D")
+        except ValueError:
+            raise HTTPException(422, f"before must be a date, YYYY-MM-DD; got {before!r}") from None
     if log is not None:
         got, total = log.orders(row, limit=limit, before=before)
         for o in got:

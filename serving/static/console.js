@@ -269,7 +269,7 @@ function drawStrip(line, next) {
   if (next && next.next_purchase_date && day(next.next_purchase_date) <= end) {
     const nx = x(day(next.next_purchase_date));
     parts.push(`<circle class="future" cx="${nx.toFixed(1)}" cy="${Y}" r="6"><title>likely by ${esc(next.next_purchase_date)}</title></circle>`);
-    parts.push(`<text x="${nx}" y="${Y - 12}" text-anchor="middle">likely by ${esc(next.next_purchase_date)}</text>`);
+    parts.push(`<text x="${nx + 9}" y="${Y - 10}" text-anchor="${nx > W - 150 ? "end" : "start"}">likely by ${esc(next.next_purchase_date)}</text>`);
   }
   el.innerHTML = svg(W, H, parts);
 }

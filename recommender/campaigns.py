@@ -153,6 +153,7 @@ class Campaigns:
         self._has = np.asarray(s.has_history, dtype=bool)
         self._lock = threading.Lock()
         self._windows: OrderedDict[float, np.ndarray] = OrderedDict()
+        self._lists: OrderedDict[CampaignQuery, np.ndarray] = OrderedDict()
         self._state: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -- what every list reads ------------------------------------------------------
@@ -255,6 +256,10 @@ class Campaigns:
             ``"bad_request"`` for a query :meth:`check` refuses.
         """
         self.check(q)
+        with self._lock:
+            if q in self._lists:  # the count, each preview page and the download ask alike
+                self._lists.move_to_end(q)
+                return self._lists[q]
         now, then, seg = self._activity()
         p = self._p_purchase(q.within_days)
         keep = self._has & (p >= q.min_probability) & (p <= q.max_probability)
@@ -267,7 +272,13 @@ class Campaigns:
             key = then[rows] - now[rows]  # most fallen first
         else:
             key = p[rows]
-        return rows[np.lexsort((rows, -key))]
+        ordered = rows[np.lexsort((rows, -key))]
+        ordered.setflags(write=False)  # shared by every caller of the same list
+        with self._lock:
+            self._lists[q] = ordered
+            while len(self._lists) > 8:
+                self._lists.popitem(last=False)
+        return ordered
 
     def count(self, q: CampaignQuery) -> int:
         """How many customers the list holds."""

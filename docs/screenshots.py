@@ -40,11 +40,11 @@ def shoot(models: Path, out: Path, width: int, height: int) -> list[Path]:
     bundle = load_bundle(models)
     timing = bundle.timing
     assert timing is not None
-    # a regular customer with a date in the plot's 90 days, and a repurchase item
+    # a frequent buyer whose likely date falls inside the plot, and a repurchase item
     from recommender.answers import likely_purchase_days
 
-    days = likely_purchase_days(timing, timing.summary_.x.argsort()[::-1][:200])
     rows = timing.summary_.x.argsort()[::-1][:200]
+    days = likely_purchase_days(timing, rows)
     customer = bundle.customers.id(int(rows[(days > 7) & (days <= 60)][0]))
     rep = bundle.repurchase
     item = bundle.items.id(int(rep.is_repurchase_item_.argmax())) if rep is not None else None

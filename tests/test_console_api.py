@@ -435,3 +435,28 @@ def test_every_view_is_the_one_self_contained_page(client, path):
     assert "<script>" in r.text and "/static/console.js" not in r.text
     assert "function showCustomer" in r.text and "</script>" in r.text
     assert client.head(path).status_code == 200
+
+
+def test_a_published_version_gets_its_own_console(shop, tmp_path):
+    """The indexes belong to the version: after a reload the search and the
+    lists answer from the new one."""
+    import shutil
+
+    from recommender.store.artifacts import publish
+
+    models = tmp_path / "models"
+    shutil.copytree(shop.models, models, symlinks=True)
+    app = create_app(ServingSettings(models_dir=models, reload_interval_s=0))
+    with TestClient(app) as c:
+        before = ok(c.get("/v1/customers", params={"q": "C0000"}))
+        assert before["model_version"] == shop.version
+        ok(c.get("/v1/campaigns", params={"limit": 1}))
+        other = train_demo_shop(tmp_path / "other", n_customers=300, n_items=60, seed=1)
+        new = next(p.name for p in other.models.iterdir() if p.name == other.version)
+        shutil.copytree(other.models / new, models / new)
+        publish(models, new)
+        assert app.state.store.refresh(force=True).ok
+        after = ok(c.get("/v1/customers", params={"q": "C0000"}))
+        assert after["model_version"] == new and after["total"] == 100  # C000000..C000099
+        assert ok(c.get("/v1/campaigns", params={"limit": 1}))["model_version"] == new
+        assert len(app.state.consoles) <= 2

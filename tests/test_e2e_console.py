@@ -326,3 +326,25 @@ def test_bad_input_on_the_page_gets_a_clear_message(browser, base):
     days.send_keys("0")
     wait(browser, lambda d: "between 1 and 365 days" in d.find_element(By.ID, "message").text,
          "the window message")  # fmt: skip
+
+
+def test_the_model_view_names_the_version_its_quality_and_report(browser, base):
+    browser.get(base + "/model")
+    visible(browser, "#model-ranking td")
+    m = api(base, "/v1/model")
+    assert m["version"] in browser.find_element(By.ID, "model-facts").text
+    assert (
+        f"{m['as_of']} (the last day of the log)" in browser.find_element(By.ID, "model-facts").text
+    )
+    shown = {r[0]: r[1] for r in rows(browser, "#model-ranking")}
+    for name, figures in m["metrics"]["ranking"].items():
+        label = "encore (ALS, served)" if name == "als" else name
+        assert shown[label] == f"{figures['ndcg@10']:.3f}"
+    timing = {r[0]: r[1] for r in rows(browser, "#model-timing")}
+    assert timing[f"encore ({m['metrics']['timing']['model']})"] == (
+        f"{m['metrics']['timing']['rmse']:.3f}"
+    )
+    # every view's header links to the training report, which loads
+    href = browser.find_element(By.ID, "report-link").get_attribute("href")
+    with urllib.request.urlopen(href, timeout=30) as r:
+        assert r.status == 200 and b"<html" in r.read(2000).lower()

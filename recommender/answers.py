@@ -14,10 +14,15 @@ The rules, in the order they apply:
 * items outside the asked categories, the excluded items and (by default,
   when the catalogue marks any item unavailable) unavailable items are never
   shown;
-* with ``exclude_purchased`` (the default) a known customer's past purchases
-  are hidden, except items the buy-again model treats as repurchase items;
-* a known customer is ranked from the precomputed top-N table when it holds
-  ``k`` allowed items, else by exact ALS scores (the pruned exact search of
+* a known customer's past purchases are shown or hidden as
+  :attr:`Rules.exclude_purchased` says (by default, as the served list
+  ranks them);
+* a known customer is ranked by the version's served list (the manifest's
+  ``serving``): from the precomputed top-N table when it holds ``k`` allowed
+  items; else, for the two-stage ranker, by ranking the customer's
+  candidates (:func:`~recommender.ranking.two_stage.score_candidates`) and
+  following them with ALS's order of the other allowed items; for ALS (and
+  a baseline's table) by exact ALS scores (the pruned exact search of
   :class:`~recommender.ranking.als_search.NormOrderedSearch` for a single
   customer of a large catalogue, blocked matrix products otherwise), ties to
   the lower item row;
@@ -38,11 +43,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recommender.ranking.als_search import PRUNE_MIN_ITEMS, NormOrderedSearch
-from recommender.ranking.base import in_sorted, scratch_block, top_k
+from recommender.ranking.base import in_sorted, scratch_block, top_k, top_k_sparse
+from recommender.ranking.two_stage import score_candidates
 from recommender.store.bundle import Bundle
 from recommender.value.clv import lifetime_value
 
 Strategy = Literal["personalized", "folded_in", "popular"]
+#: Served lists that rank a customer's own purchases like any other item.
+REPEAT_LISTS = ("ranker", "p_topfreq", "tifu_knn", "personal_frequency")
 ErrorKind = Literal["bad_request", "unavailable"]
 
 
@@ -78,8 +86,13 @@ class Rules:
     exclude_items
         Item ids never to show; ids the model does not know are ignored.
     exclude_purchased
-        Hide what a known customer already bought, except repurchase items
-        (those the buy-again model expects to be bought again).
+        ``None`` (the default): the served list decides what of a known
+        customer's purchases to show again: the two-stage ranker and the
+        repeat baselines rank them like any item; ALS and item-kNN lists hide
+        them except repurchase items (those the buy-again model expects to be
+        bought again). ``True``: hide every purchase (an explore-only list,
+        ranked by the ranker when it beat ALS on new items, else by ALS).
+        ``False``: hide nothing.
     available_only
         Hide items the catalogue marks unavailable. ``None`` means "yes when
         the catalogue marks any item unavailable".
@@ -87,7 +100,7 @@ class Rules:
 
     categories: Sequence[str] | None = None
     exclude_items: Sequence[str] | None = None
-    exclude_purchased: bool = True
+    exclude_purchased: bool | None = None
     available_only: bool | None = None
 
 
@@ -260,18 +273,45 @@ class Answerer:
         h = self.bundle.history
         return h.indices[h.indptr[row] : h.indptr[row + 1]]
 
-    def _hidden(self, rows: np.ndarray, rules: Rules) -> tuple[np.ndarray, np.ndarray]:
-        """Purchases hidden from each of ``rows``: ``(position in rows, item row)`` pairs.
+    def _hide(self, rules: Rules) -> Literal["all", "one_off", "none"]:
+        """Which purchases ``rules`` hide: all, all but repurchase items, or none."""
+        if rules.exclude_purchased is True:
+            return "all"
+        if rules.exclude_purchased is False or self.bundle.served in REPEAT_LISTS:
+            return "none"
+        return "one_off"
 
-        Everything bought except repurchase items, when ``rules.exclude_purchased``.
-        """
-        if not rules.exclude_purchased or len(rows) == 0:
+    def mode(self, rules: Rules) -> Literal["ranker", "als", "popular"]:
+        """The list that answers ``rules`` for known customers."""
+        explore = rules.exclude_purchased is True
+        if explore and self.bundle.explore == "ranker":
+            return "ranker"
+        if not explore and self.bundle.served == "ranker":
+            return "ranker"
+        if self.bundle.als is None or (not explore and self.bundle.served == "popularity"):
+            return "popular"
+        return "als"
+
+    def _table_serves(self, rules: Rules) -> bool:
+        """The precomputed table holds the list :meth:`mode` answers with."""
+        served = self.bundle.served
+        if self.mode(rules) == "ranker":
+            return served == "ranker"
+        return served == "als" or (served != "ranker" and rules.exclude_purchased is not True)
+
+    def _hidden(self, rows: np.ndarray, rules: Rules) -> tuple[np.ndarray, np.ndarray]:
+        """Purchases hidden from each of ``rows``: ``(position in rows, item row)`` pairs,
+        sorted by position (see :meth:`_hide`)."""
+        hide = self._hide(rules)
+        if hide == "none" or len(rows) == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         h = self.bundle.history
         starts, counts = h.indptr[rows], h.indptr[rows + 1] - h.indptr[rows]
         pos = np.repeat(np.arange(len(rows)), counts)
         offsets = np.cumsum(counts) - counts
         items = h.indices[np.arange(pos.size) - np.repeat(offsets - starts, counts)]
+        if hide == "all":
+            return pos, items.astype(np.int64)
         keep = ~self.repurchase_items[items]
         return pos[keep], items[keep].astype(np.int64)
 
@@ -320,28 +360,33 @@ class Answerer:
         """:meth:`_rank_known` of one customer with ``pruned``, on 1-d arrays.
 
         The same rule step by step (the table when it holds ``k`` allowed items,
-        else the pruned search or exact scores), without the bookkeeping of a
-        block, which would cost a request more than its table lookup;
-        ``tests/test_answers.py`` holds the two paths to the same picks.
+        else the ranker's candidates or the pruned search or exact scores),
+        without the bookkeeping of a block, which would cost a request more than
+        its table lookup; ``tests/test_answers.py`` holds the two paths to the
+        same picks.
         """
-        als = self.bundle.als
-        assert als is not None and als.user_factors_ is not None
-        hidden = self.history(row)
-        if rules.exclude_purchased:
-            hidden = hidden[~self.repurchase_items[hidden]]
-        else:
-            hidden = hidden[:0]
+        pos, hidden = self._hidden(np.array([row]), rules)
         table, table_scores = self.bundle.topn_items, self.bundle.topn_scores
-        if table is not None and table_scores is not None and k <= table.shape[1]:
+        if (
+            table is not None
+            and table_scores is not None
+            and k <= table.shape[1]
+            and self._table_serves(rules)
+        ):
             cand = table[row]
             ok = allowed[cand]  # -1 (no item) reads the last item's flag, then is cleared
             ok &= cand >= 0
             if hidden.size:
                 ok &= ~in_sorted(cand, np.sort(hidden))
-            pos = np.flatnonzero(ok)
-            if len(pos) >= k:
-                pos = pos[:k]
-                return cand[pos], table_scores[row][pos]
+            at = np.flatnonzero(ok)
+            if len(at) >= k:
+                at = at[:k]
+                return cand[at], table_scores[row][at]
+        if self.mode(rules) == "ranker":
+            items, scores = self._rank_candidates(np.array([row]), allowed, (pos, hidden), k)
+            return items[0], scores[0]
+        als = self.bundle.als
+        assert als is not None and als.user_factors_ is not None
         if hidden.size:
             allowed = allowed.copy()
             allowed[hidden] = False
@@ -352,6 +397,64 @@ class Answerer:
             np.copyto(scores, np.float32(-np.inf), where=~allowed)
         items, top = top_k(scores, k)
         return items[0], top[0]
+
+    def _rank_candidates(
+        self,
+        rows: np.ndarray,
+        allowed: np.ndarray,
+        hidden: tuple[np.ndarray, np.ndarray],
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The two-stage ranker's top ``k`` of known customers ``rows`` (one block).
+
+        Each customer's allowed candidates, best ranker score first; when fewer
+        than ``k``, the other allowed items follow in ALS's order (with
+        scores one below the last ranked candidate, falling by one per place).
+        """
+        bundle = self.bundle
+        assert bundle.ranker is not None and bundle.stage is not None
+        n_items = bundle.n_items
+        cands, _, scores = score_candidates(bundle.stage, bundle.ranker, rows, num_threads=1)
+        m = cands.matrix
+        local = np.repeat(np.arange(len(rows)), np.diff(m.indptr))
+        keep = allowed[m.indices]
+        pos, items = hidden
+        if pos.size:
+            keys = np.sort(pos * n_items + items)
+            keep &= ~in_sorted(local * n_items + m.indices, keys)
+        entries = sp.csr_matrix(
+            (scores[keep], (local[keep], m.indices[keep])), shape=(len(rows), n_items)
+        )
+        out_items, out_scores = top_k_sparse(entries, np.full(n_items, -np.inf, np.float32), k)
+        short = np.flatnonzero((out_items < 0).any(axis=1))
+        if short.size:
+            bounds = np.searchsorted(pos, np.arange(len(rows) + 1))
+            for i in short:
+                got = out_items[i][out_items[i] >= 0]
+                a = allowed.copy()
+                a[items[bounds[i] : bounds[i + 1]]] = False
+                a[got] = False
+                fill, _ = self._fill_order(int(rows[i]), a, k - got.size)
+                last = float(out_scores[i, got.size - 1]) if got.size else 0.0
+                n = fill.size
+                out_items[i, got.size : got.size + n] = fill
+                out_scores[i, got.size : got.size + n] = last - 1.0 - np.arange(n)
+        return out_items, out_scores
+
+    def _fill_order(self, row: int, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` allowed items of a known customer by ALS (popular without ALS)."""
+        als = self.bundle.als
+        if k <= 0:
+            return np.empty(0, np.int32), np.empty(0, np.float32)
+        if als is None or als.user_factors_ is None:
+            return self._popular(allowed, k)
+        if self.search is not None:
+            return self.search.top_k(als.user_factors_[row], allowed, k)
+        scores = als.score(np.array([row]))
+        np.copyto(scores, np.float32(-np.inf), where=~allowed[None, :])
+        items, top = top_k(scores, k)
+        keep = items[0] >= 0
+        return items[0][keep], top[0][keep]
 
     def _rank_known(
         self,
@@ -369,16 +472,25 @@ class Answerer:
         are scored exactly: one at a time by the pruned search when ``pruned``
         and the catalogue is large, else by one matrix product for the block.
         """
-        als = self.bundle.als
-        assert als is not None and als.user_factors_ is not None
         out_items = np.full((len(rows), k), -1, dtype=np.int32)
         out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
         pos, hidden = self._hidden(rows, rules)
-        answered, t_items, t_scores = self._from_table(rows, allowed, (pos, hidden), k)
-        out_items[answered], out_scores[answered] = t_items, t_scores
+        answered = np.zeros(len(rows), dtype=bool)
+        if self._table_serves(rules):
+            answered, t_items, t_scores = self._from_table(rows, allowed, (pos, hidden), k)
+            out_items[answered], out_scores[answered] = t_items, t_scores
         todo = np.flatnonzero(~answered)
         if todo.size == 0:
             return out_items, out_scores
+        if self.mode(rules) == "ranker":
+            at = np.full(len(rows), -1, dtype=np.int64)
+            at[todo] = np.arange(len(todo))
+            keep = at[pos] >= 0
+            sub = (at[pos[keep]], hidden[keep])  # still sorted by position
+            out_items[todo], out_scores[todo] = self._rank_candidates(rows[todo], allowed, sub, k)
+            return out_items, out_scores
+        als = self.bundle.als
+        assert als is not None and als.user_factors_ is not None
         if pruned and self.search is not None:
             bounds = np.searchsorted(pos, np.arange(len(rows) + 1))  # pos is sorted
             for i in todo:
@@ -451,8 +563,8 @@ class Answerer:
         items[~known, : len(pop_items)] = pop_items
         scores[~known, : len(pop_scores)] = pop_scores
         at = np.flatnonzero(known)
-        if self.bundle.als is None:
-            # no ranking model: known customers get popular items minus their purchases
+        if self.mode(rules) == "popular":
+            # popular items for everyone: known customers' hidden purchases left out
             for i in at:
                 pos, hidden = self._hidden(rows[i : i + 1], rules)
                 a = allowed.copy()
@@ -499,6 +611,7 @@ class Answerer:
         *,
         basis: np.ndarray | None = None,
         due: set[int] | None = None,
+        customer: int | None = None,
     ) -> list[Pick]:
         """Picks with their reasons: the one place a reason is worded.
 
@@ -513,6 +626,12 @@ class Answerer:
             to" the one of them closest in factor space.
         due
             Item rows due to be rebought ("due to rebuy" wins over the rest).
+        customer
+            The known customer the picks are for, when the version has the
+            two-stage ranker: an item they bought is explained by their own
+            rhythm ("you buy this about every 9 days; last bought 8 days
+            ago"), another by the bought item it is most often bought with
+            (item-kNN), else by the closest in factor space.
         """
         keep = np.asarray(items) >= 0
         rows = np.asarray(items)[keep].astype(np.int64)
@@ -534,9 +653,12 @@ class Answerer:
             sims = (f[rows] @ f[basis].T) / (norms[rows][:, None] * norms[basis][None, :])
             sims[rows[:, None] == basis[None, :]] = -np.inf  # "similar to itself" says nothing
             best = basis[np.argmax(sims, axis=1)].tolist()
+        own = self._own_words(customer, rows) if customer is not None else {}
         picks = []
         for j, (r, s) in enumerate(zip(rows.tolist(), values, strict=True)):
-            if r in due:
+            if r in own:
+                reason = f"due to rebuy: {own[r]}" if r in due else own[r]
+            elif r in due:
                 reason = "due to rebuy"
             elif best is not None and best[j] != r:
                 reason = f"similar to {self.label(best[j])}"
@@ -545,10 +667,55 @@ class Answerer:
             picks.append(Pick(r, s, reason))
         return picks
 
+    def _own_words(self, row: int, items: np.ndarray) -> dict[int, str]:
+        """Reasons from the ranker's features for a customer's picks: their own
+        purchase rhythm for items they bought, "often bought with X" for items
+        item-kNN links to one they bought (empty without the ranker's stage)."""
+        stage = self.bundle.stage
+        if stage is None or items.size == 0:
+            return {}
+        snap = stage.snapshot
+        if not 0 <= row < snap.n_customers:
+            return {}
+        out: dict[int, str] = {}
+        pos = snap.pair_index(np.full(items.size, row), items)
+        for item, p in zip(items.tolist(), pos.tolist(), strict=True):
+            if p < 0:
+                continue
+            since = int(snap.cutoff - snap.pair_last[p])
+            ago = "today" if since <= 0 else f"{since} day{'s' if since != 1 else ''} ago"
+            gap = float(snap.pair_mean_gap[p])
+            if snap.pair_days[p] >= 2 and np.isfinite(gap):
+                every = max(1, round(gap))
+                out[item] = (
+                    f"you buy this about every {every} day{'s' if every != 1 else ''}; "
+                    f"last bought {ago}"
+                )
+            else:
+                out[item] = f"you bought this once, {ago}"
+        knn = stage.knn
+        bought = snap.indices[snap.indptr[row] : snap.indptr[row + 1]]
+        new = np.asarray([i for i in items.tolist() if i not in out], dtype=np.int64)
+        if knn is not None and knn.similarity_ is not None and bought.size and new.size:
+            sims = sp.csr_matrix(knn.similarity_[new][:, bought])
+            for j, item in enumerate(new.tolist()):
+                lo, hi = sims.indptr[j], sims.indptr[j + 1]
+                if hi > lo and sims.data[lo:hi].max() > 0:
+                    partner = int(bought[sims.indices[lo + int(np.argmax(sims.data[lo:hi]))]])
+                    out[item] = f"often bought with {self.label(partner)}"
+        return out
+
     # -- questions -------------------------------------------------------------------
-    def _personal(self, row: int, items: np.ndarray, scores: np.ndarray) -> Answer:
+    def _personal(
+        self, row: int, items: np.ndarray, scores: np.ndarray, rules: Rules = Rules()
+    ) -> Answer:
         picks = self.explain(
-            "personalized", items, scores, basis=self.history(row), due=self.due_items(row)
+            "personalized",
+            items,
+            scores,
+            basis=self.history(row),
+            due=self.due_items(row),
+            customer=row if self.mode(rules) == "ranker" else None,
         )
         return Answer("personalized", picks)
 
@@ -568,9 +735,9 @@ class Answerer:
         row = self.bundle.customers.row(customer_id) if customer_id else None
         allowed = self.allowed(rules)
         k = min(int(k), self.bundle.n_items)
-        if row is not None and self.bundle.als is not None:
+        if row is not None and self.mode(rules) != "popular":
             items, scores = self._rank_one(row, allowed, rules, k)
-            return self._personal(row, items, scores)
+            return self._personal(row, items, scores, rules)
         if row is not None:
             allowed[self._hidden(np.array([row]), rules)[1]] = False
         it, sc = self._popular(allowed, k)
@@ -616,7 +783,9 @@ class Answerer:
         basis = np.flatnonzero(counts)
         x = als.fold_in(basis, counts[basis].astype(np.float64))
         allowed = self.allowed(rules)
-        if rules.exclude_purchased:
+        if rules.exclude_purchased is True:
+            allowed[basis] = False
+        elif rules.exclude_purchased is None:
             allowed[basis[~self.repurchase_items[basis]]] = False
             allowed[recent_rows] = False  # just seen or bought: nothing to discover there
         k = min(int(k), self.bundle.n_items)
@@ -648,7 +817,7 @@ class Answerer:
         rows = self.bundle.customers.rows(list(customer_ids))
         ranked = self.rank_rows(rows, k, rules, pruned=True)
         return [
-            self._personal(int(r), ranked.items[i], ranked.scores[i])
+            self._personal(int(r), ranked.items[i], ranked.scores[i], rules)
             if ranked.personalized[i]
             else Answer("popular", self.explain("popular", ranked.items[i], ranked.scores[i]))
             for i, r in enumerate(rows)

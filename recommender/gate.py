@@ -29,7 +29,7 @@ The checks, each with the reason it exists:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,10 +47,11 @@ from recommender.ranking.metrics import average_precision_at_k, ndcg_at_k, recal
 class GateConfig:
     """Thresholds of the promotion gate (``encore train`` options in brackets)."""
 
-    metric: str = "als/ndcg@10"
-    """The ranking figure of the list that is served, as ``model/metric`` in
-    the manifest's ``metrics.ranking`` (the two-stage ranker's list plugs in
-    here under its own model name)."""
+    metric: str = "served/ndcg@10"
+    """The ranking figure judged, as ``model/metric`` in the manifest's
+    ``metrics.ranking``; the model ``served`` is the list the version serves
+    (``metrics.serving.list``: the two-stage ranker's, or the list that beat
+    it; ALS's in versions from before the ranker)."""
     tolerance: float = 0.05
     """Largest relative drop of ``metric`` allowed against the current version
     judged on the same customers and weeks (a 0.393 nDCG may fall to 0.373):
@@ -129,9 +130,17 @@ class Verdict:
         return {**asdict(self), "status": self.status}
 
 
+def served_list(metrics: dict[str, Any]) -> str:
+    """The list a version serves, by its metrics (``als`` before the ranker)."""
+    return str((metrics.get("serving") or {}).get("list") or "als")
+
+
 def metric_value(metrics: dict[str, Any], path: str) -> float | None:
-    """``metrics['ranking'][model][metric]`` for ``path`` = ``model/metric``."""
+    """``metrics['ranking'][model][metric]`` for ``path`` = ``model/metric``
+    (``served/...``: the served list's)."""
     model, _, name = path.partition("/")
+    if model == "served":
+        model = served_list(metrics)
     v = (metrics.get("ranking") or {}).get(model, {}).get(name)
     return float(v) if isinstance(v, int | float) else None
 
@@ -456,12 +465,23 @@ def _top_among(model: ALSRecommender, rows: np.ndarray, cols: np.ndarray, k: int
 _PER_CUSTOMER = {"ndcg": ndcg_at_k, "recall": recall_at_k, "map": average_precision_at_k}
 
 
+#: A served list as the gate re-scores it: ``(customer rows, item rows to rank
+#: among, k) -> (n, k)`` positions into those item rows, ``-1`` where none.
+Lists = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def _lists_of(model: ALSRecommender | Lists) -> Lists:
+    if isinstance(model, ALSRecommender):
+        return lambda rows, cols, k: _top_among(model, rows, cols, k)
+    return model
+
+
 def rescore(
-    candidate: ALSRecommender,
+    candidate: ALSRecommender | Lists,
     customers: IdIndex,
     items: IdIndex,
     relevant: sp.csr_matrix,
-    current: ALSRecommender,
+    current: ALSRecommender | Lists,
     current_customers: IdIndex,
     current_items: IdIndex,
     metric: str,
@@ -470,10 +490,12 @@ def rescore(
 ) -> dict[str, Any] | None:
     """Score both models on the same customers, items and purchases.
 
-    ``candidate`` should have been fitted on the same span of the log as
-    ``current`` (the pipeline warm-starts its judged model up to the current
-    version's day), and ``relevant`` (on the candidate's indexes) should hold
-    only purchases neither was trained on. Customers and items are mapped
+    A model is an ALS model (ranked by its scores) or a function giving a
+    served list's picks (:data:`Lists`). ``candidate`` should have been
+    fitted on the same span of the log as ``current`` (the pipeline
+    warm-starts its judged model up to the current version's day), and
+    ``relevant`` (on the candidate's indexes) should hold only purchases
+    neither was trained on. Customers and items are mapped
     through the id indexes; both models rank only the items both know, for
     the customers both know who buy such an item in the window.
 
@@ -505,7 +527,7 @@ def rescore(
         ("candidate", candidate, users, cols),
         ("current", current, cust_map[users], item_map[cols]),
     ):
-        per[who] = _PER_CUSTOMER[kind](_top_among(model, rows, icols, k), rel_u, k)
+        per[who] = _PER_CUSTOMER[kind](_lists_of(model)(rows, icols, k), rel_u, k)
     diff = per["candidate"] - per["current"]
     return {
         "candidate": float(per["candidate"].mean()),

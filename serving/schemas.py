@@ -70,7 +70,7 @@ class RecommendRequest(BaseModel):
     k: int = Field(default=10, ge=1, le=1000)
     category: list[str] | None = Field(default=None, max_length=50)
     exclude_items: list[Id] = Field(default_factory=list, max_length=1000)
-    exclude_purchased: bool = True
+    exclude_purchased: bool | None = None
     available_only: bool | None = None
 
 
@@ -83,7 +83,7 @@ class BatchRequest(BaseModel):
     k: int = Field(default=10, ge=1, le=1000)
     category: list[str] | None = Field(default=None, max_length=50)
     exclude_items: list[Id] = Field(default_factory=list, max_length=1000)
-    exclude_purchased: bool = True
+    exclude_purchased: bool | None = None
     available_only: bool | None = None
 
 

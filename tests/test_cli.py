@@ -13,6 +13,7 @@ import pytest
 
 from recommender.answers import Answerer
 from recommender.ranking.base import top_k
+from recommender.ranking.two_stage import rank_customers
 from recommender.store.artifacts import current_version, list_versions
 from recommender.store.bundle import load_bundle
 from training import ranking
@@ -181,17 +182,28 @@ def test_recommend_all_writes_k_ranked_rows_per_customer(models, tmp_path, capsy
     assert set(table["item_id"]) <= set(b.items.ids_)
     check_ranked(table, 7)
     assert f"{b.n_customers:,} customers personalised" in capsys.readouterr().out
-    # the scores are the model's: re-scoring one customer, with what they bought
-    # hidden (all but repurchase items, as the API does), gives the same order
+    # the lists are the served list's: re-ranking one customer gives the same order
     row = b.customers.row("12005")
-    scores = b.als.score(np.array([row]))
+    got = table[table["customer_id"] == "12005"]["item_id"].tolist()
+    if b.served == "ranker":
+        # the ranker ranks purchases like any item: nothing is hidden by default
+        want, _ = rank_customers(b.stage, b.ranker, np.array([row]), 7)
+        assert got == [b.items.id(i) for i in want[0]]
+        return
+    # ALS or item-kNN: what they bought hidden (all but repurchase items, as the API does)
     bought = b.history[row].indices
     if b.repurchase is not None:
         bought = bought[~np.asarray(b.repurchase.is_repurchase_item_, dtype=bool)[bought]]
     assert bought.size
+    if b.served != "als":
+        # a baseline beat the ranker: its whole-log table is served
+        assert b.served == "item_knn" and b.topn_items is not None
+        want = [i for i in b.topn_items[row] if i >= 0 and i not in set(bought)][:7]
+        assert len(want) == 7 and got == [b.items.id(i) for i in want]
+        return
+    scores = b.als.score(np.array([row]))
     scores[0, bought] = -np.inf
     want, _ = top_k(scores, 7)
-    got = table[table["customer_id"] == "12005"]["item_id"].tolist()
     assert got == [b.items.id(i) for i in want[0]]
     # and with purchases shown, the plain top-7 of the model
     shown = run_recommend(models, tmp_path / "all.csv", "--all", "-k", "7", "--include-purchased")
@@ -200,35 +212,7 @@ def test_recommend_all_writes_k_ranked_rows_per_customer(models, tmp_path, capsy
     assert got == [b.items.id(i) for i in want[0]]
 
 
-def test_customers_file_with_unknown_ids_gets_popular_items(models, tmp_path, capsys):
-    ids = tmp_path / "ids.csv"
-    ids.write_text("customer_id\n12001\nnew-shopper\n12002\nghost\n")
-    table = run_recommend(models, tmp_path / "r.csv", "--customers", str(ids), "-k", "5")
-    assert table["customer_id"].drop_duplicates().tolist() == [
-        "12001",
-        "new-shopper",
-        "12002",
-        "ghost",
-    ]
-    check_ranked(table, 5)
-    b = load_bundle(models)
-    popular = [b.items.id(i) for i in np.argsort(-b.popularity, kind="stable")[:5]]
-    for unknown in ("new-shopper", "ghost"):
-        assert table[table["customer_id"] == unknown]["item_id"].tolist() == popular
-    # known customers are personalised: not everyone gets the popular list
-    known = table[table["customer_id"] == "12001"]["item_id"].tolist()
-    assert known != popular
-    assert "2 customers personalised, 2 unknown" in capsys.readouterr().out
-
-
-def test_headerless_customer_list(models, tmp_path):
-    ids = tmp_path / "ids.txt"
-    ids.write_text("12010\n12011\n")
-    table = run_recommend(models, tmp_path / "r.csv", "--customers", str(ids), "-k", "3")
-    assert table["customer_id"].drop_duplicates().tolist() == ["12010", "12011"]
-
-
-def test_purchases_are_hidden_by_default_except_repurchase_items(models, shop_csv, tmp_path):
+def test_purchases_are_shown_as_the_served_list_ranks_them(models, shop_csv, tmp_path):
     hist = history(shop_csv)
     b = load_bundle(models)
     again = set()
@@ -242,16 +226,19 @@ def test_purchases_are_hidden_by_default_except_repurchase_items(models, shop_cs
     default = run_recommend(models, tmp_path / "b.csv", *args)
     excl = run_recommend(models, tmp_path / "c.csv", *args, "--exclude-purchased")
 
-    def bought(table):
+    def bought(table, *, one_off_only: bool):
         return sum(
-            it in hist[c] and it not in again
+            it in hist[c] and not (one_off_only and it in again)
             for c, it in zip(table["customer_id"], table["item_id"], strict=True)
         )
 
-    assert bought(plain) > 0  # otherwise this test could not tell the difference
-    assert bought(default) == 0
-    check_ranked(default, 10)
-    pd.testing.assert_frame_equal(excl, default)  # the old flag names the default
+    assert bought(plain, one_off_only=False) > 0  # else this test could not tell
+    assert bought(excl, one_off_only=False) == 0  # explore-only: nothing bought
+    check_ranked(excl, 10)
+    if b.served == "ranker":
+        pd.testing.assert_frame_equal(default, plain)  # the ranker shows what it ranks
+    else:
+        assert bought(default, one_off_only=True) == 0  # ALS: repurchase items only
 
 
 def test_parquet_output_matches_csv(models, tmp_path):

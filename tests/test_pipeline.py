@@ -127,9 +127,15 @@ def test_a_version_is_published_with_a_complete_manifest(trained, log_path):
     # the data fingerprint is that of the checked log
     assert man["data"] == load_transactions(log_path).fingerprint()
     assert man["data"]["customers"] == N_CUSTOMERS and man["data"]["items"] == N_ITEMS
-    # metrics for ALS and the four baselines, all proper nDCGs
+    # metrics for ALS, the four baselines and the two-stage ranker, all proper nDCGs
     rank = man["metrics"]["ranking"]
-    assert set(rank) == {"als", "popularity", "item_knn", "personal_frequency", "p_topfreq"}
+    assert set(rank) == {
+        "als", "popularity", "item_knn", "personal_frequency", "p_topfreq", "tifu_knn", "ranker"
+    }  # fmt: skip
+    served = man["serving"]["list"]
+    best = max((n for n in rank if n != "ranker"), key=lambda n: rank[n]["ndcg@10"])
+    # never worse than the best baseline: the ranker only when it beats it
+    assert served == ("ranker" if rank["ranker"]["ndcg@10"] > rank[best]["ndcg@10"] else best)
     for name, m in rank.items():
         assert 0.0 <= m["ndcg@10"] <= 1.0, name
     assert man["metrics"]["ranking_window"]["customers"] > 50
@@ -143,7 +149,7 @@ def test_a_version_is_published_with_a_complete_manifest(trained, log_path):
     assert man["config"]["timing"] is False and man["config"]["als"]["factors"] == 16
     assert man["components"] == {
         "als": True, "topn": True, "timing": False, "repurchase": False, "spend": False,
-        "health": False,
+        "health": False, "ranker": man["serving"]["list"] == "ranker",
     }  # fmt: skip
 
 
@@ -372,7 +378,8 @@ def test_published_model_gets_the_configured_sweeps(log_path, tmp_path, monkeypa
 
     monkeypatch.setattr(ranking, "fit_als", spy)
     monkeypatch.setattr("training.search.fit_als", spy)
-    cfg = fast_config(search=SearchConfig(enabled=search, max_trials=2))
+    # the ranker fits ALS at its own cutoffs too: only the pipeline's fits here
+    cfg = fast_config(search=SearchConfig(enabled=search, max_trials=2), ranker=False)
     result = train(log_path, models_dir=tmp_path, config=cfg, say=quiet)
     chosen = result.manifest["config"]["als_chosen"]
     assert sweeps[-1] == (chosen["refit_iterations"], True)

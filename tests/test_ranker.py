@@ -395,3 +395,94 @@ def test_generated_candidates_without_models(stage) -> None:
     cands = generate_candidates(np.arange(5), stage.snapshot, config=cfg)
     assert not (cands.matrix.data & (ALS | KNN)).any()
     assert (cands.als_score == 0).all() and (cands.knn_score == 0).all()
+
+
+# -- in a model version ------------------------------------------------------------
+
+
+def _bundle_with_ranker(shop: PurchaseLines, stage, ranker, directory):
+    """A version holding the stage's ALS and buy-again models and the ranker."""
+    from recommender.data.ids import IdIndex
+    from recommender.store.bundle import Catalog, save_bundle
+
+    customers = IdIndex(np.array([f"c{i}" for i in range(shop.n_customers)]))
+    items = IdIndex(np.array([f"i{i}" for i in range(shop.n_items)]))
+    history = shop.before(stage.cutoff).line_matrix()
+    probe = stage.features(stage.candidates(np.arange(4)))[:12]
+    return save_bundle(
+        directory,
+        customers=customers,
+        items=items,
+        history=history,
+        popularity=stage.snapshot.item_popularity().astype(np.float32),
+        catalog=Catalog.empty(shop.n_items),
+        manifest={"as_of": "2025-09-01T00:00:00", "serving": {"list": "ranker"}},
+        als=stage.als,
+        repurchase=stage.repurchase,
+        ranker=(ranker, stage, probe),
+    )
+
+
+def test_a_saved_version_ranks_as_the_fitted_ranker_did(shop, report, stage, tmp_path) -> None:
+    from recommender.answers import Answerer, Rules
+    from recommender.store.bundle import load_bundle_dir
+
+    path = _bundle_with_ranker(shop, stage, report.ranker, tmp_path)
+    bundle = load_bundle_dir(path)
+    assert bundle.served == "ranker" and bundle.ranker is not None
+    rows = np.arange(60)
+    want, want_scores = rank_customers(stage, report.ranker, rows, 10)
+    got, got_scores = rank_customers(bundle.stage, bundle.ranker, rows, 10)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    # and the answering rule serves those lists, nothing hidden by default
+    ranked = Answerer(bundle).rank_rows(rows, 10, Rules())
+    np.testing.assert_array_equal(ranked.items, want)
+    # the explore-only list hides every purchase, and says why it shows the rest
+    a = Answerer(bundle)
+    answer = a.for_customer("c3", 10, Rules())
+    bought = set(a.history(3).tolist())
+    assert any(p.item_row in bought for p in answer.picks)
+    for p in answer.picks:
+        if p.item_row in bought:
+            assert "you b" in p.reason and "ago" in p.reason or "today" in p.reason, p.reason
+    explore = a.for_customer("c3", 10, Rules(exclude_purchased=True))
+    assert not {p.item_row for p in explore.picks} & bought
+
+
+def test_a_damaged_ranker_file_fails_the_version(shop, report, stage, tmp_path) -> None:
+    from recommender.store.artifacts import CorruptArtifactError
+    from recommender.store.bundle import load_bundle_dir
+
+    path = _bundle_with_ranker(shop, stage, report.ranker, tmp_path)
+    text = (path / "ranker.txt").read_text()
+    (path / "ranker.txt").write_text(text.replace("leaf_value=", "leaf_value=1", 1))
+    with pytest.raises(CorruptArtifactError):
+        load_bundle_dir(path, verify_hashes=False)  # caught by the model's own sha256
+
+
+def test_a_version_without_a_ranker_serves_als(shop, stage, tmp_path) -> None:
+    """Versions from before the ranker: no ``serving`` in the manifest, no ranker files."""
+    from recommender.answers import Answerer, Rules
+    from recommender.data.ids import IdIndex
+    from recommender.store.bundle import Catalog, load_bundle_dir, save_bundle
+
+    path = save_bundle(
+        tmp_path,
+        customers=IdIndex(np.array([f"c{i}" for i in range(shop.n_customers)])),
+        items=IdIndex(np.array([f"i{i}" for i in range(shop.n_items)])),
+        history=shop.before(stage.cutoff).line_matrix(),
+        popularity=stage.snapshot.item_popularity().astype(np.float32),
+        catalog=Catalog.empty(shop.n_items),
+        manifest={"as_of": "2025-09-01T00:00:00"},
+        als=stage.als,
+        repurchase=stage.repurchase,
+    )
+    bundle = load_bundle_dir(path)
+    assert bundle.served == "als" and bundle.ranker is None and bundle.explore == "als"
+    a = Answerer(bundle)
+    answer = a.for_customer("c3", 5, Rules())
+    assert answer.strategy == "personalized" and len(answer.picks) == 5
+    want, _ = stage.als.recommend(np.array([3]), bundle.history, k=5, exclude_seen=True)
+    explore = a.for_customer("c3", 5, Rules(exclude_purchased=True))
+    assert [p.item_row for p in explore.picks] == want[0].tolist()

@@ -251,3 +251,16 @@ def test_sort_rows_packed_and_lexsort_paths_agree():
     order = np.lexsort(big[::-1])
     for got, col in zip(_sort_rows(*big), big, strict=True):
         np.testing.assert_array_equal(got, col[order])
+
+
+def test_tifu_neighbours_of_a_sample_equal_the_all_pairs_search():
+    """Judging on a sample searches the sample's neighbours only: the same lists."""
+    events, counts = random_log(seed=5, n_customers=80, n_items=30, n_lines=1500)
+    sample = np.array([0, 3, 7, 11, 40, 41, 77])
+    full = TIFUKNNRecommender(n_neighbors=6).fit_events(*events)
+    part = TIFUKNNRecommender(n_neighbors=6, neighbours_for=sample).fit_events(*events)
+    a, sa = full.recommend(sample, counts, k=10)
+    b, sb = part.recommend(sample, counts, k=10)
+    np.testing.assert_array_equal(b, a)
+    np.testing.assert_allclose(sb, sa, rtol=1e-6)
+    assert part.neighbours_[np.setdiff1d(np.arange(80), sample)].nnz == 0

@@ -420,7 +420,7 @@ def test_a_five_row_log_and_a_window_longer_than_the_log_are_held_back(
     assert train(five, store) == EXIT_HELD_BACK
     assert "far fewer rows" in capsys.readouterr().err
     assert train(logs.good, store, "--eval-days", "400") == EXIT_HELD_BACK
-    assert "has no als/ndcg@10" in capsys.readouterr().err
+    assert "has no served/ndcg@10" in capsys.readouterr().err
     assert current_version(store) == before
     # a first version too: nothing shows its list beats popularity
     assert train(five, tmp_path / "fresh") == EXIT_HELD_BACK

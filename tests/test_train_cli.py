@@ -52,14 +52,16 @@ def test_train_publishes_an_evaluated_version(trained):
     version = current_version(trained)
     man = json.loads((trained / version / "manifest.json").read_text())
     rank = man["metrics"]["ranking"]
-    assert set(rank) == {"als", "popularity", "item_knn", "personal_frequency", "p_topfreq"}
+    assert set(rank) == {
+        "als", "popularity", "item_knn", "personal_frequency", "p_topfreq", "tifu_knn", "ranker"
+    }  # fmt: skip
     assert rank["als"]["ndcg@10"] > 1.5 * rank["popularity"]["ndcg@10"]
     for key in ("rows", "customers", "items", "time_min", "time_max", "sha256"):
         assert key in man["data"]
     assert man["validation"]["rows_dropped"] == 0
     assert man["components"] == {
         "als": True, "topn": True, "timing": True, "repurchase": True, "spend": True,
-        "health": True,
+        "health": True, "ranker": man["serving"]["list"] == "ranker",
     }  # fmt: skip
     assert "timing" in man["metrics"] and "buy_again" in man["metrics"]
     assert man["libraries"]["implicit"] != "not installed"

@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--gate-metric",
-        default="als/ndcg@10",
-        help="ranking figure the gate compares, model/metric (default als/ndcg@10)",
+        default="served/ndcg@10",
+        help="ranking figure the gate compares, model/metric (default served/ndcg@10: "
+        "the served list's, the two-stage ranker's or the baseline that beat it)",
     )
     t.add_argument(
         "--gate-tolerance",
@@ -235,15 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     bought.add_argument(
         "--include-purchased",
         dest="exclude_purchased",
-        action="store_false",
-        help="also show items a customer already bought (by default they are hidden, "
-        "except items people buy again, as the API does)",
+        action="store_const",
+        const=False,
+        help="show items a customer already bought wherever the list ranks them",
     )
     bought.add_argument(
         "--exclude-purchased",
         dest="exclude_purchased",
-        action="store_true",
-        help="hide items a customer already bought, except repurchase items (the default)",
+        action="store_const",
+        const=True,
+        help="hide every item a customer already bought (an explore-only list)",
     )
     avail = r.add_mutually_exclusive_group()
     avail.add_argument(
@@ -260,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="show unavailable items too",
     )
-    r.set_defaults(exclude_purchased=True, available_only=None)
+    r.set_defaults(exclude_purchased=None, available_only=None)
     r.add_argument("--out", default="recommendations.csv", help=".csv or .parquet")
 
     n = sub.add_parser("next-purchase", help="write each customer's next-purchase figures")
@@ -382,10 +384,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ranking_figure(metrics: dict[str, Any], path: str = "als/ndcg@10") -> str:
-    model, _, name = path.partition("/")
-    v = (metrics.get("ranking") or {}).get(model, {}).get(name)
-    return f"{v:.4f}" if isinstance(v, float) else "-"
+def _ranking_figure(metrics: dict[str, Any], path: str = "served/ndcg@10") -> str:
+    """A ranking figure (the served list's by default, named after it)."""
+    from recommender.gate import metric_value, served_list
+
+    v = metric_value(metrics, path)
+    if v is None:
+        return "-"
+    return f"{v:.4f} {served_list(metrics)}" if path.startswith("served/") else f"{v:.4f}"
 
 
 def cmd_models(args: argparse.Namespace) -> int:

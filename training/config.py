@@ -105,6 +105,16 @@ class TrainConfig:
     """Evaluate popularity, item-kNN and personal frequency on the same split."""
     timing: bool = True
     """Fit the next-purchase-time and buy-it-again models."""
+    ranker: bool = True
+    """Train the two-stage ranker (candidates, then LightGBM's lambdarank) and
+    serve its list when it beats every baseline on the evaluation window."""
+    ranker_train_customers: int = 20_000
+    """The ranker learns from at most this many customers per label window
+    (a seeded sample of those who bought in it)."""
+    ranker_table_max_customers: int = 500_000
+    """Every customer's ranked list is computed at training time (the served
+    top-N table) for shops with at most this many customers; a larger shop's
+    lists are ranked per request and per block of an export."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

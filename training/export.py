@@ -132,7 +132,7 @@ def export_recommendations(
     k: int = 10,
     categories: Sequence[str] | None = None,
     exclude_items: Sequence[str] | None = None,
-    exclude_purchased: bool = True,
+    exclude_purchased: bool | None = None,
     available_only: bool | None = None,
     batch_size: int = 65_536,
 ) -> dict[str, int]:
@@ -140,10 +140,11 @@ def export_recommendations(
 
     The picks are the ones the API gives the same customer under the same
     rules (:meth:`recommender.answers.Answerer.rank_rows`, with the API's
-    defaults): purchases other than repurchase items hidden, unavailable items
-    hidden when the catalogue marks any, the precomputed top-N table where it
-    has ``k`` allowed items, otherwise exact ALS scores from blocked matrix
-    products on every core. Customers the model has not seen get the popular
+    defaults): the version's served list (the two-stage ranker's, or the
+    list that beat it), purchases shown as that list ranks them, unavailable
+    items hidden when the catalogue marks any, the precomputed top-N table
+    where it has ``k`` allowed items, otherwise the list ranked in blocks on
+    every core. Customers the model has not seen get the popular
     items the rules allow (with their popularity as score). ``batch_size``
     customers are written at a time, so memory stays bounded. Returns counts
     of customers by strategy.

@@ -113,6 +113,7 @@ def train(
             ranked = stages.fit_ranking(
                 data, tables, window, baselines, cfg, run, show_progress=show_progress
             )
+            ranked = stages.fit_ranker(log, data, ranked, timing, cfg, run)
         topn = stages.precompute_top_n(data, tables, ranked, cfg, run)
         manifest = stages.assemble_manifest(log, tables, ranked, timing, cfg, run)
         verdict = stages.gate(

@@ -23,7 +23,7 @@ from recommender.ranking.baselines import (
     PopularityRecommender,
 )
 from recommender.ranking.metrics import evaluate_recommender
-from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender
+from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender, TIFUKNNRecommender
 from training.config import ALSConfig
 
 K_NDCG, K_RECALL, K_MAP = 10, 20, 10
@@ -154,17 +154,21 @@ def _purchase_baskets(split: Split) -> Baskets:
 
 
 def evaluate_baselines(split: Split) -> dict[str, dict[str, Any]]:
-    """Popularity, item-kNN, personal frequency and P-TopFreq on the same split."""
+    """Popularity, item-kNN, personal frequency, P-TopFreq and TIFU-KNN on the
+    same split (TIFU-KNN's neighbours searched for the judged customers only)."""
     out: dict[str, dict[str, Any]] = {}
+    baskets: Baskets | None = None
     for model in (
         PopularityRecommender(),
         ItemKNNRecommender(),
         PersonalFrequencyRecommender(),
         PTopFreqRecommender(),
+        TIFUKNNRecommender(neighbours_for=split.users),
     ):
         t0 = time.perf_counter()
-        if isinstance(model, PTopFreqRecommender):
-            model.fit(split.counts, baskets=_purchase_baskets(split))
+        if isinstance(model, PTopFreqRecommender | TIFUKNNRecommender):
+            baskets = baskets or _purchase_baskets(split)
+            model.fit(split.counts, baskets=baskets)
         else:
             model.fit(split.counts)
         metrics = evaluate(model, split)

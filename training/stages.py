@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +37,11 @@ from recommender.data.transactions import (
     load_catalog,
     load_transactions,
 )
-from recommender.gate import Candidate, GateConfig, Verdict, judge, rescore
+from recommender.gate import Candidate, GateConfig, Lists, Verdict, judge, rescore
 from recommender.purchases import PURCHASES_FILE, purchase_log_bytes
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.baselines import PopularityRecommender
+from recommender.ranking.two_stage import rank_among, rank_customers
 from recommender.store.artifacts import (
     ArtifactError,
     current_version,
@@ -60,6 +62,7 @@ from recommender.store.bundle import (
 from recommender.store.lock import StoreLock
 from training import ranking
 from training.config import ALSConfig, TrainConfig
+from training.ranker_step import RankerResult, day_number, fit_two_stage
 from training.search import search as run_search
 
 if TYPE_CHECKING:  # imported when used: a run with --no-timing never loads them
@@ -186,6 +189,13 @@ class RankingResult:
     judged: ALSRecommender | None = None
     """The model fitted before the window and judged on it (the gate re-scores it)."""
     window: ranking.Split | None = None
+    two_stage: RankerResult | None = None
+    """The two-stage ranker and the list chosen to serve (None: ALS's, untried)."""
+
+    @property
+    def served(self) -> str:
+        """The list known customers are shown (see :class:`RankerResult`)."""
+        return self.two_stage.serve if self.two_stage is not None else "als"
 
 
 @dataclass(frozen=True, eq=False)
@@ -420,6 +430,50 @@ def fit_ranking(
     )
 
 
+def fit_ranker(
+    log: LoadedLog,
+    data: Prepared,
+    ranked: RankingResult,
+    timing: TimingResult,
+    cfg: TrainConfig,
+    run: Run,
+) -> RankingResult:
+    """Train and judge the two-stage ranker; choose the served list (see
+    :mod:`training.ranker_step`). A ranker that cannot be trained leaves ALS
+    served, with a warning."""
+    if not cfg.ranker or ranked.window is None:
+        return ranked
+    with run.step("two-stage ranker: train, judge, choose the served list"):
+        try:
+            result = fit_two_stage(
+                frame=data.frame,
+                purchases=data.purchases,
+                customers=data.customers,
+                items=data.items,
+                catalog=log.catalog,
+                eval_cut=data.eval_cut,
+                end=data.end,
+                window=ranked.window,
+                ranked=ranked,
+                baseline_metrics=ranked.metrics["ranking"],
+                repurchase=timing.repurchase,
+                timing_on=cfg.timing,
+                cfg=cfg,
+                say=run.say,
+            )
+        except (ValueError, RuntimeError) as exc:
+            run.warn(f"two-stage ranker not trained ({exc}); serving ALS")
+            return ranked
+    metrics = {
+        **ranked.metrics,
+        "ranking": {**ranked.metrics["ranking"], "ranker": result.metrics["ranker"]},
+        "ranking_explore": result.metrics["ranking_explore"],
+        "ranker_training": result.metrics["ranker_training"],
+        "serving": {"list": result.serve, "explore": result.explore, "reason": result.reason},
+    }
+    return dataclasses.replace(ranked, metrics=metrics, two_stage=result)
+
+
 def precompute_top_n(
     data: Prepared,
     tables: ServingTables,
@@ -430,6 +484,9 @@ def precompute_top_n(
     """Each known customer's top ``cfg.top_n`` for serving, unless that is too many scores."""
     if ranked is None or cfg.top_n <= 0:
         return None
+    if ranked.served != "als":
+        # the served list's own table (None: ranked per request, or popularity)
+        return ranked.two_stage.table if ranked.two_stage is not None else None
     n_scores = float(len(data.customers)) * float(len(data.items))
     if n_scores > cfg.top_n_max_scores:
         run.say(
@@ -469,6 +526,7 @@ def assemble_manifest(
         "catalog": log.catalog_report,
         "metrics": metrics,
         "search": {"trials": trials} if trials else None,
+        "serving": metrics.get("serving") or {"list": "als" if ranked is not None else None},
         "warnings": run.warnings,
         "timings_s": run.timings,
     }
@@ -579,6 +637,9 @@ def _active_top_lists(
         active = np.sort(np.random.default_rng(seed).choice(active, 10_000, replace=False))
     if topn is not None:
         return topn[0][active, :10], topn[1][active, :10]
+    two = ranked.two_stage
+    if ranked.served == "ranker" and two is not None and two.ranker and two.stage:
+        return rank_customers(two.stage, two.ranker, active, 10)
     return ranked.model.recommend(active, tables.history, k=10)
 
 
@@ -591,10 +652,13 @@ def _rescore_current(
     cfg: GateConfig,
     seed: int,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Both ALS models on the purchases of the window after the current
-    version's day, trained on the same span of the log; or None and why not."""
+    """Both versions' served lists (ALS's or the ranker's) on the purchases of
+    the window after the current version's day, trained on the same span of
+    the log; or None and why not."""
     if ranked.judged is None or ranked.window is None:
         return None, "the new version has no judged ranking model"
+    if ranked.served not in ("als", "ranker"):
+        return None, f"the new version serves {ranked.served}'s table, which is not re-scored"
     try:
         trained_to = pd.Timestamp(previous["as_of"])
     except (KeyError, TypeError, ValueError):
@@ -606,8 +670,13 @@ def _rescore_current(
         current: Bundle = load_bundle(models_dir, name)
     except ArtifactError as exc:
         return None, f"the current version cannot be loaded ({exc})"
-    if current.als is None:
-        return None, "the current version has no ranking model"
+    current_list: ALSRecommender | Lists
+    if current.served == "ranker" and current.ranker is not None and current.stage is not None:
+        current_list = partial(rank_among, current.stage, current.ranker)
+    elif current.served == "als" and current.als is not None:
+        current_list = current.als
+    else:
+        return None, f"the current version serves {current.served}'s list, which is not re-scored"
     unseen = rows_in_time_range(data.purchases, since, data.end)
     relevant = build_matrix(unseen.assign(weight=1.0), data.customers, data.items)
     candidate = ranked.judged
@@ -624,12 +693,19 @@ def _rescore_current(
             warm_start=ranked.judged,
             iterations=ranked.config.refit_iterations,
         )
+    candidate_list: ALSRecommender | Lists = candidate
+    two = ranked.two_stage
+    if ranked.served == "ranker" and two is not None and two.judged is not None:
+        # the ranker judged on the window (its labels end where the window
+        # starts), with features as of the current version's day
+        stage = two.stage_at(day_number(since), candidate)
+        candidate_list = partial(rank_among, stage, two.judged)
     figures = rescore(
-        candidate,
+        candidate_list,
         data.customers,
         data.items,
         relevant,
-        current.als,
+        current_list,
         current.customers,
         current.items,
         cfg.metric,
@@ -715,6 +791,12 @@ def write_and_verify(
     manifest["timings_s"]["total"] = round(time.perf_counter() - run.started, 3)
     health = timing.health.to_dict() if timing.health is not None else None
     als = ranked.model if ranked is not None else None
+    two = ranked.two_stage if ranked is not None else None
+    with_ranker = (
+        (two.ranker, two.stage, two.probe)
+        if two is not None and two.ranker is not None and two.stage is not None
+        else None
+    )
     version = new_version_name()
     manifest.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     drawn: list[bytes | None] = []
@@ -743,6 +825,8 @@ def write_and_verify(
             repurchase=timing.repurchase,
             spend=timing.spend,
             health=health,
+            ranker=with_ranker[0] if with_ranker else None,
+            stage=with_ranker[1] if with_ranker else None,
         )
         try:
             return report(in_memory, plot_once())
@@ -764,6 +848,7 @@ def write_and_verify(
         repurchase=timing.repurchase,
         spend=timing.spend,
         health=health,
+        ranker=with_ranker,
         version=version,
         reports={
             "timing_calibration.png": plot_once,

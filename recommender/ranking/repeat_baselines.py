@@ -387,6 +387,11 @@ class TIFUKNNRecommender(_BasketRecommender):
         Weight of the personal vector; 1 ranks by ``u`` alone.
     num_threads
         Threads of the neighbour search (``implicit``'s); 0 means all cores.
+    neighbours_for
+        Customer rows whose neighbours are searched (default: every
+        customer). Judging a model on a sample of customers needs theirs
+        only: an all-pairs search over half a million customers takes many
+        minutes. Other customers are ranked by their own vector alone.
 
     Notes
     -----
@@ -415,7 +420,9 @@ class TIFUKNNRecommender(_BasketRecommender):
         n_neighbors: int = 300,
         alpha: float = 0.7,
         num_threads: int = 0,
+        neighbours_for: np.ndarray | None = None,
     ) -> None:
+        self.neighbours_for = neighbours_for
         self.group_size = group_size
         self.within_decay = within_decay
         self.group_decay = group_decay
@@ -471,14 +478,42 @@ class TIFUKNNRecommender(_BasketRecommender):
         norm = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
         inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
         unit = sp.csr_matrix(sp.diags(inv) @ x)
-        # all_pairs_knn ranks the columns of its argument by their dot
-        # products: columns are customers here; one more for the customer itself
-        knn = all_pairs_knn(
-            unit.T.tocsr(),
-            int(self.n_neighbors) + 1,
-            show_progress=False,
-            num_threads=self.num_threads,
-        ).tocoo()
+        if self.neighbours_for is not None:
+            # only these customers' rows, a small block at a time (a popular
+            # item makes a block's products wide), each cut to its best
+            who = np.unique(np.asarray(self.neighbours_for, dtype=np.int64))
+            rows_, cols_, vals_ = [], [], []
+            keep_n = int(self.n_neighbors) + 1
+            for start in range(0, who.size, 128):
+                block = who[start : start + 128]
+                sims = sp.csr_matrix(unit[block] @ unit.T).tocoo()
+                order = np.lexsort((sims.col, -sims.data, sims.row))
+                r, c, v = sims.row[order], sims.col[order], sims.data[order]
+                counts = np.bincount(r, minlength=block.size)
+                rank = np.arange(r.size) - np.repeat(np.cumsum(counts) - counts, counts)
+                top = rank < keep_n
+                rows_.append(block[r[top]])
+                cols_.append(c[top])
+                vals_.append(v[top])
+            knn = sp.coo_matrix(
+                (
+                    np.concatenate(vals_) if vals_ else np.zeros(0),
+                    (
+                        np.concatenate(rows_) if rows_ else np.zeros(0, np.int64),
+                        np.concatenate(cols_) if cols_ else np.zeros(0, np.int64),
+                    ),
+                ),
+                shape=(n_customers, n_customers),
+            )
+        else:
+            # all_pairs_knn ranks the columns of its argument by their dot
+            # products: columns are customers here; one more for the customer itself
+            knn = all_pairs_knn(
+                unit.T.tocsr(),
+                int(self.n_neighbors) + 1,
+                show_progress=False,
+                num_threads=self.num_threads,
+            ).tocoo()
         keep = (knn.row != knn.col) & (knn.data > 0)
         rows, cols, sims = knn.row[keep], knn.col[keep], knn.data[keep]
         # at most n_neighbors per customer, best first, ties to the lower row

@@ -27,7 +27,8 @@ evaluation, a batch export in blocks and a single request share it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,11 @@ __all__ = [
     "fit_stage",
     "judge",
     "judged_customers",
+    "rank_among",
     "rank_customers",
+    "score_candidates",
+    "stage_from_state",
+    "stage_state",
     "train_ranker",
     "window_labels",
 ]
@@ -134,6 +139,10 @@ class TwoStageConfig:
     seed: int = 0
     ranker: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of :class:`LTRRanker` (its defaults otherwise)."""
+    repurchase: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the :class:`RepurchaseModel` behind ``buy_again_p``
+    (the training pipeline passes its published model's, so that the model
+    serving features is fitted as the ones the ranker learned from)."""
 
     def __post_init__(self) -> None:
         if self.label not in ("days", "binary"):
@@ -179,10 +188,19 @@ class StageModels:
         )
 
 
-def fit_stage(lines: PurchaseLines, cutoff: int, config: TwoStageConfig) -> StageModels:
+def fit_stage(
+    lines: PurchaseLines,
+    cutoff: int,
+    config: TwoStageConfig,
+    *,
+    als: ALSRecommender | None = None,
+    repurchase: RepurchaseModel | None = None,
+) -> StageModels:
     """Snapshot, ALS, item-kNN and (optionally) the repurchase model as of ``cutoff``.
 
-    Only lines strictly before ``cutoff`` are read.
+    Only lines strictly before ``cutoff`` are read. ``als`` and ``repurchase``,
+    when given, must have been fitted on those lines (the training pipeline
+    shares its own fits); otherwise they are fitted here.
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -190,20 +208,23 @@ def fit_stage(lines: PurchaseLines, cutoff: int, config: TwoStageConfig) -> Stag
     snapshot = build_snapshot(past, cutoff, recent_days=config.window_days)
     seconds["snapshot"] = time.perf_counter() - t
     counts = past.line_matrix()
-    als: ALSRecommender | None = None
     knn: ItemKNNRecommender | None = None
     if counts.nnz:
-        t = time.perf_counter()
-        als = ALSRecommender(random_state=config.seed, num_threads=config.fit_threads)
-        als.fit(apply_weighting(counts, "bm25"))
-        seconds["als"] = time.perf_counter() - t
+        if als is None:
+            t = time.perf_counter()
+            als = ALSRecommender(random_state=config.seed, num_threads=config.fit_threads)
+            als.fit(apply_weighting(counts, "bm25"))
+            seconds["als"] = time.perf_counter() - t
         t = time.perf_counter()
         knn = ItemKNNRecommender(k=config.knn_neighbours).fit(counts)
         seconds["item_knn"] = time.perf_counter() - t
-    repurchase: RepurchaseModel | None = None
-    if config.use_repurchase and len(past):
+    else:
+        als = None
+    if not config.use_repurchase:
+        repurchase = None
+    elif repurchase is None and len(past):
         t = time.perf_counter()
-        repurchase = RepurchaseModel().fit(
+        repurchase = RepurchaseModel(**config.repurchase).fit(
             np.asarray(past.customer_rows, dtype=np.int64),
             np.asarray(past.item_rows, dtype=np.int64),
             np.asarray(past.days, dtype=np.float64),
@@ -280,7 +301,11 @@ def build_training_set(stage: StageModels, rows: np.ndarray, window: sp.csr_matr
 
 
 def train_ranker(
-    lines: PurchaseLines, label_start: int, config: TwoStageConfig
+    lines: PurchaseLines,
+    label_start: int,
+    config: TwoStageConfig,
+    *,
+    stage_at: Callable[[int], StageModels] | None = None,
 ) -> tuple[LTRRanker, TrainingSet, StageModels, np.ndarray]:
     """Train a ranker on labels from ``[label_start, label_start + window)``
     with features as of ``label_start`` (and, with ``train_windows`` above 1,
@@ -294,8 +319,15 @@ def train_ranker(
     ranker, training set, the stage as of ``label_start``, and the held-out
     customers of that window (all of them with a purchase in it, also those
     whose candidates miss every purchase: they are judged too).
+
+    ``stage_at(cutoff)`` gives the stage as of a cutoff (default
+    :func:`fit_stage`; the training pipeline passes one that shares its fits).
     """
     cfg = config
+
+    def fit_at(cutoff: int) -> StageModels:
+        return fit_stage(lines, cutoff, cfg) if stage_at is None else stage_at(cutoff)
+
     w = cfg.window_days
     held_mask = np.random.default_rng(cfg.seed).random(lines.n_customers) < cfg.valid_share
     cap = cfg.max_train_customers
@@ -307,7 +339,7 @@ def train_ranker(
         if cap is not None and drawn >= cap:
             break  # enough queries already: an older window would only cost a fit
         start = label_start - j * w
-        stage = fit_stage(lines, start, cfg)
+        stage = fit_at(start)
         labels = window_labels(lines, start, start + w)
         left = None if cap is None else cap - drawn
         customers = seeded_subset(judged_customers(stage, labels, None, cfg.seed), left, cfg.seed)
@@ -346,6 +378,20 @@ def _concat(sets: list[TrainingSet]) -> TrainingSet:
     )
 
 
+def score_candidates(
+    stage: StageModels,
+    ranker: LTRRanker,
+    rows: np.ndarray,
+    *,
+    num_threads: int | None = None,
+) -> tuple[Candidates, np.ndarray, np.ndarray]:
+    """Candidates of customer ``rows`` (one block), their features and ranker scores."""
+    cands = stage.candidates(np.asarray(rows, dtype=np.int64))
+    x = stage.features(cands)
+    scores = ranker.predict(x, num_threads=num_threads).astype(np.float32)
+    return cands, x, scores
+
+
 def rank_customers(
     stage: StageModels,
     ranker: LTRRanker,
@@ -370,9 +416,7 @@ def rank_customers(
     none = np.full(n_items, -np.inf, dtype=np.float32)
     for start in range(0, rows.size, stage.config.block_size):
         block = rows[start : start + stage.config.block_size]
-        cands = stage.candidates(block)
-        x = stage.features(cands)
-        scores = ranker.predict(x, num_threads=num_threads).astype(np.float32)
+        cands, x, scores = score_candidates(stage, ranker, block, num_threads=num_threads)
         m = cands.matrix
         keep = ~(x[:, PAIR_DAYS] > 0) if exclude_history else np.ones(m.nnz, dtype=bool)
         local = np.repeat(np.arange(block.size), np.diff(m.indptr))
@@ -383,6 +427,33 @@ def rank_customers(
         out_items[start : start + block.size] = items
         out_scores[start : start + block.size] = top
     return out_items, out_scores
+
+
+def rank_among(
+    stage: StageModels, ranker: LTRRanker, rows: np.ndarray, cols: np.ndarray, k: int
+) -> np.ndarray:
+    """Top-``k`` of customer ``rows`` among the item rows ``cols`` only, as
+    positions into ``cols`` (``-1`` where fewer candidates are left): the
+    served list as the promotion gate compares it with another version's."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n_items = stage.snapshot.n_items
+    at = np.full(n_items, -1, dtype=np.int64)
+    at[np.asarray(cols, dtype=np.int64)] = np.arange(len(cols))
+    k = min(k, len(cols))
+    out = np.full((rows.size, k), -1, dtype=np.int64)
+    none = np.full(n_items, -np.inf, dtype=np.float32)
+    for start in range(0, rows.size, stage.config.block_size):
+        block = rows[start : start + stage.config.block_size]
+        cands, _, scores = score_candidates(stage, ranker, block)
+        m = cands.matrix
+        keep = at[m.indices] >= 0
+        local = np.repeat(np.arange(block.size), np.diff(m.indptr))
+        entries = sp.csr_matrix(
+            (scores[keep], (local[keep], m.indices[keep])), shape=(block.size, n_items)
+        )
+        items, _ = top_k_sparse(entries, none, k)
+        out[start : start + block.size] = np.where(items >= 0, at[np.maximum(items, 0)], -1)
+    return out
 
 
 # -- judging -------------------------------------------------------------------
@@ -612,3 +683,96 @@ def fit_for_publishing(
     validation = judge(lines, stage1, ranker, rows, labels)
     stage2 = fit_stage(lines, end, cfg)
     return PublishedRanker(ranker=ranker, stage=stage2, validation=validation)
+
+
+# -- storage -------------------------------------------------------------------
+STAGE_SCHEMA = "encore.two_stage/1"
+
+
+def stage_state(
+    stage: StageModels,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What a serving process needs of a stage besides ALS and the buy-again
+    model (which a bundle holds already): settings, snapshot arrays and the
+    item-kNN similarity.
+
+    Returns
+    -------
+    meta, snapshot arrays, item-kNN arrays (CSR ``indptr``, ``indices``, ``data``)
+    """
+    cfg = stage.config
+    if stage.timing is not None:
+        raise ValueError("a stage with timing features cannot be stored (use_timing is off)")
+    meta = {
+        "schema": STAGE_SCHEMA,
+        "cutoff": int(stage.cutoff),
+        "window_days": int(cfg.window_days),
+        "block_size": int(cfg.block_size),
+        "knn_neighbours": int(cfg.knn_neighbours),
+        "use_repurchase": bool(stage.repurchase is not None),
+        "candidates": asdict(cfg.candidates),
+        "has_knn": stage.knn is not None,
+    }
+    knn: dict[str, np.ndarray] = {}
+    if stage.knn is not None:
+        assert stage.knn.similarity_ is not None
+        sim = sp.csr_matrix(stage.knn.similarity_, dtype=np.float32)
+        sim.sort_indices()
+        knn = {
+            "indptr": sim.indptr.astype(np.int64),
+            "indices": sim.indices.astype(np.int32),
+            "data": sim.data.astype(np.float32),
+        }
+    return meta, stage.snapshot.to_arrays(), knn
+
+
+def stage_from_state(
+    meta: dict[str, Any],
+    snapshot: dict[str, Any],
+    knn: dict[str, Any] | None,
+    *,
+    als: ALSRecommender | None,
+    repurchase: RepurchaseModel | None,
+) -> StageModels:
+    """The stage :func:`stage_state` stored, with the bundle's ALS and buy-again model.
+
+    Raises
+    ------
+    ValueError
+        On an unknown schema, or parts that do not fit together.
+    """
+    if meta.get("schema") != STAGE_SCHEMA:
+        raise ValueError(
+            f"unknown two-stage schema {meta.get('schema')!r}; expected {STAGE_SCHEMA}"
+        )
+    snap = ShopSnapshot.from_arrays(snapshot)
+    if int(meta["cutoff"]) != snap.cutoff:
+        raise ValueError("the snapshot's cutoff differs from the stage's")
+    if meta.get("use_repurchase") and repurchase is None:
+        raise ValueError("the ranker reads the buy-again model, and the version has none")
+    config = TwoStageConfig(
+        window_days=int(meta["window_days"]),
+        block_size=int(meta["block_size"]),
+        knn_neighbours=int(meta["knn_neighbours"]),
+        use_repurchase=bool(meta.get("use_repurchase")),
+        candidates=CandidateConfig(**meta["candidates"]),
+    )
+    model: ItemKNNRecommender | None = None
+    if meta.get("has_knn"):
+        if not knn:
+            raise ValueError("the stage's item-kNN similarity is missing")
+        n = snap.n_items
+        sim = sp.csr_matrix((knn["data"], knn["indices"], knn["indptr"]), shape=(n, n))
+        sim.check_format(full_check=True)
+        model = ItemKNNRecommender(k=config.knn_neighbours)
+        model.similarity_ = sim
+        model._similarity_t = sim.T.tocsr()
+    if als is not None and als.n_items != snap.n_items:
+        raise ValueError("the ALS model and the snapshot have different items")
+    return StageModels(
+        snapshot=snap,
+        als=als,
+        knn=model,
+        repurchase=repurchase if config.use_repurchase else None,
+        config=config,
+    )

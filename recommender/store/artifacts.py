@@ -330,6 +330,12 @@ class VersionReader:
                 raise CorruptArtifactError(f"{self.path}: {name}:{k} contains NaN or infinity")
         return out
 
+    def text(self, name: str) -> str:
+        try:
+            return self._require(name).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptArtifactError(f"{self.path}: cannot read {name} ({exc})") from None
+
     def json(self, name: str) -> Any:
         try:
             return json.loads(self._require(name).read_text(encoding="utf-8"))

@@ -19,6 +19,11 @@ Files in a version directory (schema version 1):
                     orders (``frequency``) and their mean value (``monetary``),
                     aligned with the customer index (optional: logs with prices)
 ``health.json``     the shop's monthly measures and cohort retention (optional)
+``ranker.txt/json``  the two-stage ranker: LightGBM's text model and its feature
+                    list, parameters and probe predictions (optional)
+``two_stage.json``  the ranker's stage settings; with ``snapshot.npz`` (what the
+                    shop knew per customer, item and pair at the end of the log)
+                    and ``item_knn.npz`` (item-kNN similarity, CSR)
 ``*.png``           reports for people (the timing model's calibration plot)
 ==================  =========================================================
 """
@@ -35,6 +40,8 @@ import scipy.sparse as sp
 
 from recommender.data.ids import IdIndex
 from recommender.ranking.als import ALSRecommender, FactorError
+from recommender.ranking.ltr import LTRRanker, RankerStateError
+from recommender.ranking.two_stage import StageModels, stage_from_state, stage_state
 from recommender.store.artifacts import (
     CorruptArtifactError,
     VersionReader,
@@ -142,6 +149,27 @@ class Bundle:
     spend: CustomerSpend | None = None
     health: dict[str, Any] | None = None
     """The shop's health (:meth:`recommender.value.health.ShopHealth.to_dict`)."""
+    ranker: LTRRanker | None = None
+    """The two-stage ranker (with ``stage``), when the version has one."""
+    stage: StageModels | None = None
+    """Candidates and features as of the end of the log, for ``ranker``."""
+
+    @property
+    def served(self) -> str:
+        """The list a known customer is shown: ``"ranker"``, ``"als"`` or the
+        name of the baseline whose top-N table is served (see the manifest's
+        ``serving``). Versions from before the ranker serve ALS."""
+        name = (self.manifest.get("serving") or {}).get("list")
+        if name == "ranker" and self.ranker is None:
+            return "als"
+        return str(name) if name else "als"
+
+    @property
+    def explore(self) -> str:
+        """The list of an explore-only question (every purchase hidden):
+        ``"ranker"`` when it beat ALS on the evaluation window, else ``"als"``."""
+        name = (self.manifest.get("serving") or {}).get("explore")
+        return "ranker" if name == "ranker" and self.ranker is not None else "als"
 
     @property
     def n_customers(self) -> int:
@@ -167,6 +195,7 @@ def save_bundle(
     repurchase: RepurchaseModel | None = None,
     spend: CustomerSpend | None = None,
     health: dict[str, Any] | None = None,
+    ranker: tuple[LTRRanker, StageModels, np.ndarray | None] | None = None,
     version: str | None = None,
     reports: Mapping[str, bytes | Callable[[], bytes | None]] | None = None,
 ) -> Path:
@@ -191,6 +220,7 @@ def save_bundle(
         "repurchase": repurchase is not None,
         "spend": spend is not None,
         "health": health is not None,
+        "ranker": ranker is not None,
     }
     if spend is not None and (spend.frequency.shape != (n_c,) or spend.monetary.shape != (n_c,)):
         raise ValueError("spend arrays must have one entry per customer")
@@ -240,6 +270,18 @@ def save_bundle(
             )
         if health is not None:
             w.write_json("health.json", health)
+        if ranker is not None:
+            model, stage, probe = ranker
+            if stage.snapshot.n_customers != n_c or stage.snapshot.n_items != n_i:
+                raise ValueError("the ranker's snapshot does not match the id indexes")
+            text, meta = model.to_text(probe)
+            w.write_bytes("ranker.txt", text.encode("utf-8"))
+            w.write_json("ranker.json", meta)
+            stage_meta, snapshot, knn = stage_state(stage)
+            w.write_json("two_stage.json", stage_meta)
+            w.write_arrays("snapshot.npz", snapshot)
+            if knn:
+                w.write_arrays("item_knn.npz", knn)
         for name, report in (reports or {}).items():
             data = report() if callable(report) else report
             if data is not None:
@@ -357,6 +399,8 @@ def load_bundle_dir(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise CorruptArtifactError(f"{path}: repurchase model unusable ({exc})") from None
     if comps.get("spend"):
         bundle.spend = _load_spend(r, path, n_c)
+    if comps.get("ranker"):
+        bundle.ranker, bundle.stage = _load_ranker(r, path, bundle)
     if comps.get("health"):
         health = r.json("health.json")
         if not isinstance(health, dict) or not {"months", "cohorts"} <= set(health):
@@ -378,3 +422,29 @@ def _load_spend(r: VersionReader, path: str | Path, n_c: int) -> CustomerSpend:
     if frequency.shape != (n_c,) or monetary.shape != (n_c,):
         raise CorruptArtifactError(f"{path}: spend arrays do not match the customer index")
     return CustomerSpend(model, frequency, monetary)
+
+
+def _load_ranker(
+    r: VersionReader, path: str | Path, bundle: Bundle
+) -> tuple[LTRRanker, StageModels]:
+    """The two-stage ranker and its stage, checked (model text against its
+    sha256 and probe predictions; snapshot against the id indexes)."""
+    try:
+        text = r.text("ranker.txt")
+        ranker = LTRRanker.from_text(text, r.json("ranker.json"))
+        knn = r.arrays("item_knn.npz") if r.has("item_knn.npz") else None
+        stage = stage_from_state(
+            r.json("two_stage.json"),
+            r.arrays("snapshot.npz"),
+            knn,
+            als=bundle.als,
+            repurchase=bundle.repurchase,
+        )
+    except CorruptArtifactError:
+        raise
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RankerStateError) as exc:
+        raise CorruptArtifactError(f"{path}: two-stage ranker unusable ({exc})") from None
+    snap = stage.snapshot
+    if snap.n_customers != bundle.n_customers or snap.n_items != bundle.n_items:
+        raise CorruptArtifactError(f"{path}: the ranker's snapshot does not match the id indexes")
+    return ranker, stage

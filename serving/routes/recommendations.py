@@ -55,7 +55,7 @@ def customer_recommendations(
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     category: Annotated[list[str] | None, Query(max_length=50)] = None,
     exclude_items: Annotated[list[str] | None, Query(max_length=1000)] = None,
-    exclude_purchased: bool = True,
+    exclude_purchased: bool | None = None,
     available_only: bool | None = None,
 ) -> Recommendations:
     """Never a 404: customers the model has not seen get popular items, and the

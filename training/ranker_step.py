@@ -1,0 +1,315 @@
+"""The two-stage ranker inside ``encore train``: trained, judged beside every
+baseline on the evaluation window, and chosen (or not) as the served list.
+
+The protocol of :mod:`recommender.ranking.two_stage`, on the pipeline's own
+cutoffs and fits (``W`` is the evaluation window's length):
+
+* judged: the ranker learns labels from ``[cut - W, cut)`` with features as of
+  ``cut - W`` and ranks the evaluation window's customers as of ``cut``, where
+  the stage reuses the ALS model the pipeline judged; its figures join the
+  baselines' on the same customers and window;
+* published: it learns labels from ``[cut, end)`` with features as of ``cut``
+  (the stage just judged) and serves features as of ``end`` with the
+  pipeline's published ALS and buy-again models;
+* the served list is the ranker's when its nDCG@10 beats every baseline's,
+  else that baseline's (the manifest's ``serving`` says which and why); the
+  explore-only list (every purchase hidden) is the ranker's when it beats ALS
+  on the window's new items, else ALS's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recommender.data.interactions import rows_in_time_range
+from recommender.ranking.base import Recommender
+from recommender.ranking.baselines import ItemKNNRecommender, PersonalFrequencyRecommender
+from recommender.ranking.features import PurchaseLines
+from recommender.ranking.ltr import LTRRanker
+from recommender.ranking.metrics import evaluate_rankings, split_relevant
+from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender, TIFUKNNRecommender
+from recommender.ranking.two_stage import (
+    StageModels,
+    TwoStageConfig,
+    candidate_recall,
+    fit_stage,
+    rank_customers,
+    train_ranker,
+)
+from recommender.timing.repurchase import RepurchaseModel
+from training import ranking
+from training.config import TrainConfig
+
+K_NDCG, K_RECALL, K_MAP = ranking.K_NDCG, ranking.K_RECALL, ranking.K_MAP
+#: Baselines whose whole-log list can be served in the ranker's place.
+TABLE_BASELINES = ("p_topfreq", "tifu_knn", "personal_frequency", "item_knn")
+
+
+@dataclass
+class RankerResult:
+    """What the two-stage step built and measured."""
+
+    serve: str
+    """The served list: ``"ranker"``, ``"als"``, ``"popularity"`` or a
+    baseline of :data:`TABLE_BASELINES`."""
+    explore: str
+    """The explore-only list: ``"ranker"`` or ``"als"``."""
+    reason: str
+    ranker: LTRRanker | None = None
+    stage: StageModels | None = None
+    """The stage as of the end of the log (what serving ranks with)."""
+    table: tuple[np.ndarray, np.ndarray] | None = None
+    """The served list's top-N per customer (None: ranked per request)."""
+    probe: np.ndarray | None = None
+    """Feature rows saved with the ranker to check it after loading."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """``ranker`` (for the ``ranking`` table), ``ranking_explore`` and ``ranker_training``."""
+    judged: LTRRanker | None = None
+    """The ranker trained on labels before the evaluation window (judged on it)."""
+    lines: PurchaseLines | None = None
+    config: TwoStageConfig | None = None
+
+    def stage_at(self, day: int, als: Any) -> StageModels:
+        """A stage as of ``day`` with the given ALS model (for the promotion gate)."""
+        assert self.lines is not None and self.config is not None
+        return fit_stage(self.lines, day, self.config, als=als)
+
+
+def day_number(ts: pd.Timestamp) -> int:
+    """The day of a midnight timestamp as :class:`PurchaseLines` counts days."""
+    return int((ts - pd.Timestamp("1970-01-01")).days)
+
+
+def fit_two_stage(
+    *,
+    frame: pd.DataFrame,
+    purchases: pd.DataFrame,
+    customers: Any,
+    items: Any,
+    catalog: pd.DataFrame | None,
+    eval_cut: pd.Timestamp,
+    end: pd.Timestamp,
+    window: ranking.Split,
+    ranked: Any,
+    baseline_metrics: dict[str, dict[str, Any]],
+    repurchase: RepurchaseModel | None,
+    timing_on: bool,
+    cfg: TrainConfig,
+    say: Any = print,
+) -> RankerResult:
+    """Train, judge and choose (see the module docstring).
+
+    ``ranked`` is the pipeline's :class:`~training.stages.RankingResult` (its
+    judged and published ALS models and their configuration);
+    ``baseline_metrics`` the ``ranking`` table the ranker must beat.
+    """
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    lines = PurchaseLines.from_frame(purchases, customers, items, catalog=catalog)
+    w = int(cfg.eval_days)
+    cut_day, end_day = day_number(eval_cut), day_number(end)
+    tcfg = TwoStageConfig(
+        window_days=w,
+        max_train_customers=cfg.ranker_train_customers,
+        # the buy-again feature is served from the version's own model: without
+        # one (timing off, or no item rebought) the ranker learns without it
+        use_repurchase=timing_on and repurchase is not None,
+        repurchase={"min_customer_purchases": 1},
+        seed=cfg.seed,
+    )
+    cache: dict[int, StageModels] = {}
+
+    def stage_at(day: int) -> StageModels:
+        if day not in cache:
+            als = None
+            rep = None
+            if day == cut_day:
+                als = ranked.judged
+            elif day == end_day:
+                als, rep = ranked.model, repurchase
+            else:
+                als = _als_before(frame, customers, items, ranked.config, day, cfg.seed)
+            cache[day] = fit_stage(lines, day, tcfg, als=als, repurchase=rep)
+        return cache[day]
+
+    seconds["lines"] = time.perf_counter() - t
+    t = time.perf_counter()
+    judged_ranker, train_set, _, _ = train_ranker(lines, cut_day - w, tcfg, stage_at=stage_at)
+    seconds["train_judged"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stage_cut = stage_at(cut_day)
+    rows = np.asarray(window.users, dtype=np.int64)
+    k = max(K_NDCG, K_RECALL, K_MAP)
+    lists, _ = rank_customers(stage_cut, judged_ranker, rows, k)
+    rel, hist = window.relevant[rows], window.counts[rows]
+    n_items = len(items)
+    figures = evaluate_rankings(
+        lists, rel, hist, n_items, k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP
+    )
+    explore = _explore(stage_cut, judged_ranker, ranked.judged, rows, rel, hist, window.counts)
+    recall = candidate_recall(stage_cut, rows, window.relevant)
+    seconds["judge"] = time.perf_counter() - t
+
+    table = {name: m for name, m in baseline_metrics.items() if not m.get("for_gate_only")}
+    best = max(table, key=lambda n: table[n].get("ndcg@10") or 0.0)
+    best_ndcg = float(table[best].get("ndcg@10") or 0.0)
+    mine = float(figures.get("ndcg@10") or 0.0)
+    if mine > best_ndcg:
+        serve = "ranker"
+        reason = (
+            f"the ranker's nDCG@10 {mine:.4f} beats the best baseline's "
+            f"({best} {best_ndcg:.4f}) on the evaluation window"
+        )
+    else:
+        serve = best if best in ("als", "popularity", *TABLE_BASELINES) else "als"
+        reason = (
+            f"the ranker's nDCG@10 {mine:.4f} does not beat {best}'s {best_ndcg:.4f} "
+            f"on the evaluation window: serving {serve}'s list"
+        )
+    ranker_x = (explore.get("ranker") or {}).get("ndcg@10")
+    als_x = (explore.get("als") or {}).get("ndcg@10")
+    wins = ranker_x is not None and (als_x is None or ranker_x >= als_x)
+    explore_list = "ranker" if wins else "als"
+    say(f"        ranker nDCG@10 {mine:.4f}, best baseline {best} {best_ndcg:.4f}: serving {serve}")
+
+    result = RankerResult(
+        serve=serve,
+        explore=explore_list,
+        reason=reason,
+        judged=judged_ranker,
+        lines=lines,
+        config=tcfg,
+    )
+    result.metrics = {
+        "ranker": {**figures, "seconds": round(sum(seconds.values()), 2)},
+        "ranking_explore": explore,
+        "ranker_training": {
+            "label_window_days": w,
+            "train_rows": int(train_set.labels.size),
+            "train_customers": int(train_set.groups.size),
+            "best_iteration": judged_ranker.best_iteration_,
+            "valid_ndcg@10": judged_ranker.valid_ndcg_,
+            "candidates": recall,
+            "importance": _top_importance(judged_ranker),
+        },
+    }
+    if serve == "ranker" or explore_list == "ranker":
+        t = time.perf_counter()
+        published, _, _, _ = train_ranker(lines, cut_day, tcfg, stage_at=stage_at)
+        stage_end = stage_at(end_day)
+        seconds["train_published"] = time.perf_counter() - t
+        result.ranker, result.stage = published, stage_end
+        probe_rows = rows[: min(8, rows.size)]
+        if probe_rows.size:
+            cands = stage_end.candidates(probe_rows)
+            x = stage_end.features(cands)
+            result.probe = x[:: max(1, len(x) // 16)][:16]
+    cache.clear()
+    n_customers = len(customers)
+    if cfg.top_n > 0 and serve != "als" and serve != "popularity":
+        if n_customers <= cfg.ranker_table_max_customers:
+            t = time.perf_counter()
+            result.table = _served_table(serve, result, purchases, window, cfg, n_customers)
+            seconds["table"] = time.perf_counter() - t
+        else:
+            say(
+                f"        served lists not precomputed: {n_customers:,} customers exceed "
+                f"{cfg.ranker_table_max_customers:,}; ranked per request"
+            )
+    result.metrics["ranker_training"]["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return result
+
+
+def _als_before(
+    frame: pd.DataFrame, customers: Any, items: Any, als_cfg: Any, day: int, seed: int
+) -> Any:
+    """The pipeline's ALS configuration fitted on the log before ``day``."""
+    cut = pd.Timestamp("1970-01-01") + pd.Timedelta(days=day)
+    seen = rows_in_time_range(frame, None, cut)
+    matrix = ranking.weighted_matrix(seen, customers, items, als_cfg, now=cut)
+    if matrix.nnz == 0:
+        return None
+    return ranking.fit_als(matrix, als_cfg, seed, iterations=als_cfg.history_iterations)
+
+
+def _explore(
+    stage: StageModels,
+    ranker: LTRRanker,
+    als: Any,
+    rows: np.ndarray,
+    rel: sp.csr_matrix,
+    hist: sp.csr_matrix,
+    counts: sp.csr_matrix,
+) -> dict[str, dict[str, Any]]:
+    """Explore-only lists (every purchase hidden), judged on new items."""
+    _, new = split_relevant(sp.csr_matrix(rel), sp.csr_matrix(hist))
+    has_new = np.diff(new.indptr) > 0
+    if not has_new.any():
+        return {}
+    sub = rows[has_new]
+    k = max(K_NDCG, K_RECALL, K_MAP)
+    n_items = stage.snapshot.n_items
+    out: dict[str, dict[str, Any]] = {}
+    lists, _ = rank_customers(stage, ranker, sub, k, exclude_history=True)
+    out["ranker"] = evaluate_rankings(
+        lists, new[has_new], hist[has_new], n_items, k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP
+    )
+    if als is not None:
+        als_lists, _ = als.recommend(sub, counts, k=k, exclude_seen=True)
+        out["als"] = evaluate_rankings(
+            als_lists,
+            new[has_new],
+            hist[has_new],
+            n_items,
+            k_ndcg=K_NDCG,
+            k_recall=K_RECALL,
+            k_map=K_MAP,
+        )
+    return out
+
+
+def _top_importance(ranker: LTRRanker, n: int = 8) -> dict[str, float]:
+    gains = ranker.feature_importance("gain")
+    total = sum(gains.values()) or 1.0
+    return {name: round(v / total, 4) for name, v in list(gains.items())[:n]}
+
+
+def _served_table(
+    serve: str,
+    result: RankerResult,
+    purchases: pd.DataFrame,
+    window: ranking.Split,
+    cfg: TrainConfig,
+    n_customers: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every customer's top ``cfg.top_n`` of the served list, on the whole log."""
+    rows = np.arange(n_customers, dtype=np.int64)
+    if serve == "ranker":
+        assert result.ranker is not None and result.stage is not None
+        return rank_customers(result.stage, result.ranker, rows, cfg.top_n)
+    n_items = window.counts.shape[1]
+    ok = purchases["irow"].to_numpy() >= 0
+    c = purchases["crow"].to_numpy()[ok]
+    i = purchases["irow"].to_numpy()[ok]
+    d = purchases["timestamp"].to_numpy(dtype="datetime64[D]").astype(np.int64)[ok]
+    counts = sp.csr_matrix(
+        (np.ones(c.size, dtype=np.float32), (c, i)), shape=(n_customers, n_items)
+    )
+    counts.sum_duplicates()
+    model: Recommender
+    if serve in ("p_topfreq", "tifu_knn"):
+        baskets = Baskets.from_lines(c, i, d, n_customers, n_items)
+        model = PTopFreqRecommender() if serve == "p_topfreq" else TIFUKNNRecommender()
+        model.fit(counts, baskets=baskets)
+    elif serve == "personal_frequency":
+        model = PersonalFrequencyRecommender().fit(counts)
+    else:
+        model = ItemKNNRecommender().fit(counts)
+    return model.recommend(rows, counts, k=cfg.top_n, workers=ranking.ranking_workers())

@@ -201,6 +201,8 @@ def test_a_one_time_buyer_never_reads_as_certainly_active(browser, base, shop):
 
 
 def test_changing_a_rule_changes_the_picks(browser, base):
+    from selenium.webdriver.support.ui import Select
+
     cid = "C001280"
     browser.get(f"{base}/customers/{cid}")
     visible(browser, "#picks td")
@@ -210,19 +212,23 @@ def test_changing_a_rule_changes_the_picks(browser, base):
     k.send_keys("3")
     wait(browser, lambda d: len(picks_of(d)) == 3, "three picks")
     assert picks_of(browser) == before[:3]
-    # only one category: the picks are those the API gives under that rule
-    box = browser.find_element(By.CSS_SELECTOR, "#rule-categories input[value='Coffee & Tea']")
-    box.click()
+    # what they bought: hidden altogether, then all shown; each the API's list under that rule
+    purchases = Select(browser.find_element(By.ID, "rule-purchases"))
+    lists = []
+    for value in ("true", "false"):
+        purchases.select_by_value(value)
+        rec = api(base, f"/v1/customers/{cid}/recommendations", k=3, exclude_purchased=value)
+        lists.append([i["title"] for i in rec["items"]])
+        wait(browser, lambda d, want=lists[-1]: picks_of(d) == want, f"picks, {value}")
+    assert lists[0] != lists[1], "hiding what they bought changed nothing for this customer"
+    # only one category, purchases as the shop's pages show them
+    purchases.select_by_value("")
+    browser.find_element(By.CSS_SELECTOR, "#rule-categories input[value='Coffee & Tea']").click()
     rec = api(base, f"/v1/customers/{cid}/recommendations", k=3, category="Coffee & Tea")
     want = [i["title"] for i in rec["items"]]
     assert want != before[:3]
     wait(browser, lambda d: picks_of(d) == want, f"coffee picks {want}")
     assert {r[2] for r in rows(browser, "#picks")} == {"Coffee & Tea"}
-    # showing purchases again changes the list too
-    browser.find_element(By.ID, "rule-exclude").click()
-    rec = api(base, f"/v1/customers/{cid}/recommendations", k=3, category="Coffee & Tea",
-              exclude_purchased="false")  # fmt: skip
-    wait(browser, lambda d: picks_of(d) == [i["title"] for i in rec["items"]], "all coffee")
 
 
 def test_an_item_page_shows_similar_items_buyers_and_likely_buyers(browser, base):
@@ -337,8 +343,10 @@ def test_the_model_view_names_the_version_its_quality_and_report(browser, base):
         f"{m['as_of']} (the last day of the log)" in browser.find_element(By.ID, "model-facts").text
     )
     shown = {r[0]: r[1] for r in rows(browser, "#model-ranking")}
+    served = (m["metrics"].get("serving") or {}).get("list") or "als"
+    assert f"{served} (served)" in shown
     for name, figures in m["metrics"]["ranking"].items():
-        label = "encore (ALS, served)" if name == "als" else name
+        label = f"{name} (served)" if name == served else name
         assert shown[label] == f"{figures['ndcg@10']:.3f}"
     timing = {r[0]: r[1] for r in rows(browser, "#model-timing")}
     assert timing[f"encore ({m['metrics']['timing']['model']})"] == (

@@ -55,7 +55,7 @@ async function loadModel() {
   const m = MODEL, d = m.data || {};
   const trained = (m.created_at || "").replace("T", " ").slice(0, 16) + " UTC";
   const rank = (m.metrics || {}).ranking || {};
-  const served = rank.als || rank.two_stage;
+  const served = rank[servedList(m)];
   const pop = rank.popularity;
   let quality = "";
   if (served && pop) {
@@ -67,6 +67,9 @@ async function loadModel() {
     `${(d.items ?? 0).toLocaleString()} items${esc(quality)}` +
     (m.report_url ? ` · <a id="report-link" href="${esc(m.report_url)}">training report</a>` : "");
 }
+
+// the list the API serves (the manifest's metrics.serving.list; ALS before there was a choice)
+const servedList = m => (((m.metrics || {}).serving || {}).list) || "als";
 
 async function loadCategories() {
   if (CATEGORIES.length) return CATEGORIES;
@@ -276,20 +279,23 @@ function drawStrip(line, next) {
 
 async function showPicks() {
   const id = CUSTOMER;
-  const k = $("rule-k").value, excl = $("rule-exclude").checked;
+  const k = $("rule-k").value, purchases = $("rule-purchases").value;
   const cats = checked($("rule-categories"));
-  const qs = new URLSearchParams({k, exclude_purchased: excl});
+  // no exclude_purchased: the served list decides, as on the shop's pages
+  const qs = new URLSearchParams({k});
+  if (purchases) qs.set("exclude_purchased", purchases);
   cats.forEach(c => qs.append("category", c));
   try {
     const rec = await api(`/v1/customers/${enc(id)}/recommendations?${qs}`);
     if (id !== CUSTOMER) return;
-    $("picks-note").textContent = `answered by: ${rec.strategy}` + (cats.length ? ` · only ${cats.join(", ")}` : "") +
+    const shown = {"": "", "true": " · nothing they bought", "false": " · everything they bought may show"}[purchases];
+    $("picks-note").textContent = `answered by: ${rec.strategy}` + (cats.length ? ` · only ${cats.join(", ")}` : "") + shown +
       ` · ${rec.items.length} pick${rec.items.length === 1 ? "" : "s"}`;
     table($("picks"), ["#", "item", "category", "score", "why"],
       rec.items.map(i => [i.rank, link(itemHref(i.item_id), i.title || i.item_id), i.category || "", num(i.score), i.reason]), [0, 3]);
   } catch (e) { $("picks-note").textContent = e.message; $("picks").innerHTML = ""; }
 }
-for (const el of ["rule-k", "rule-exclude"]) $(el).addEventListener("change", () => CUSTOMER && showPicks());
+for (const el of ["rule-k", "rule-purchases"]) $(el).addEventListener("change", () => CUSTOMER && showPicks());
 $("rule-k").addEventListener("input", () => CUSTOMER && showPicks());
 
 async function showAgain(id) {
@@ -433,7 +439,7 @@ async function showModel() {
   $("model-ranking-note").textContent = w.customers ? `${w.customers} customers who bought in the held-out weeks from ${String(w.start).slice(0, 10)}; every model judged on them` : "";
   const rank = met.ranking || {};
   table($("model-ranking"), ["model", "nDCG@10", "recall@20", "coverage@10"],
-    Object.entries(rank).map(([k, v]) => [k === "als" ? "encore (ALS, served)" : k, num(v["ndcg@10"]), num(v["recall@20"]), num(v["coverage@10"])]), [1, 2, 3]);
+    Object.entries(rank).map(([k, v]) => [k === servedList(m) ? `${k} (served)` : k, num(v["ndcg@10"]), num(v["recall@20"]), num(v["coverage@10"])]), [1, 2, 3]);
   const t = met.timing;
   if (t) {
     const rows = [["encore (" + t.model + ")", t], ...Object.entries(t.baselines || {})];

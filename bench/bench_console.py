@@ -110,12 +110,18 @@ def main() -> int:
 
                 first, median = timed(ask, args.repeat)
                 print(f"{name:40} {first:10.2f} {median * 1000:10.1f}")
-            t0 = time.perf_counter()
-            every = {"within_days": 30, "min_probability": 0.0, "limit": 100_000}
-            r = c.get("/v1/campaigns/download", params=every)
-            n = r.text.count("\n") - 1
-            print(f"download {n:,} rows with 3 picks each: {time.perf_counter() - t0:.1f} s, "
-                  f"{len(r.content) / 2**20:.1f} MiB")  # fmt: skip
+            for picks, limit in ((0, 100_000), (3, 100_000), (3, 1_000)):
+                t0 = time.perf_counter()
+                r = c.get("/v1/campaigns/download", params={"within_days": 30,
+                          "min_probability": 0.0, "picks": picks, "limit": limit})  # fmt: skip
+                took = time.perf_counter() - t0
+                if r.status_code == 200:
+                    n = r.text.count("\n") - 1
+                    print(f"download {n:,} rows, {picks} picks each: {took:.1f} s, "
+                          f"{len(r.content) / 2**20:.1f} MiB")  # fmt: skip
+                else:
+                    print(f"download {limit:,} rows, {picks} picks each: {r.status_code} after "
+                          f"{took:.1f} s: {r.json()['detail']}")  # fmt: skip
     return 0
 
 

@@ -7,7 +7,7 @@ Two questions of an item page, answered from what a version holds:
 * **its likely next buyers**: the customers who bought it and are due to buy
   it again (the buy-again model's probability of a rebuy within the window,
   for repurchase items), and the customers who never bought it but whom the
-  ranking model scores highest for it (the score that ranks their picks).
+  ALS model scores highest for it (how strongly it ties them to the item).
 
 Every list is a page: the work is one column of the history, one pass over
 the item's buy-again pairs, or one matrix-vector product over the customer
@@ -106,7 +106,7 @@ class ItemAudience:
         return _page(rows, p, offset, limit)
 
     def new_buyers(self, item_row: int, *, offset: int = 0, limit: int = 20) -> Ranked:
-        """Customers who never bought it, by the ranking model's score for it.
+        """Customers who never bought it, by the ALS score of customer and item.
 
         Empty for a version without a ranking model.
         """

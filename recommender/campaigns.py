@@ -22,9 +22,11 @@ time.
 
 from __future__ import annotations
 
+import io
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +53,33 @@ MAX_DOWNLOAD = 100_000
 MAX_PICKS = 10
 #: The longest window a list can look ahead, in days.
 MAX_WINDOW_DAYS = 365
+
+
+class TooSlow(Exception):
+    """A download that could not be written within its time budget.
+
+    Attributes
+    ----------
+    done, total
+        Customers written when the budget ran out, and in the whole download.
+    seconds
+        Time spent.
+    picks
+        Picks per customer asked for (what costs the time).
+    """
+
+    def __init__(self, done: int, total: int, seconds: float, picks: int) -> None:
+        self.done, self.total, self.seconds, self.picks = done, total, seconds, picks
+        advice = (
+            "download fewer customers (limit), or without picks (picks=0); "
+            "`encore due -k` writes a list of any length with picks"
+            if picks
+            else "download fewer customers (limit)"
+        )
+        super().__init__(
+            f"the list was not written in time: {done:,} of {total:,} customers took "
+            f"{seconds:.1f} s; {advice}"
+        )
 
 
 @dataclass(frozen=True)
@@ -332,17 +361,45 @@ class Campaigns:
                 frame[f"pick_{j + 1}"] = np.where(col >= 0, ids[np.maximum(col, 0)], "")
         return frame
 
-    def blocks(
-        self, q: CampaignQuery, limit: int, picks: int, *, block: int = 2000
-    ) -> Iterator[pd.DataFrame]:
-        """The first ``limit`` rows of a list as tables of at most ``block`` rows."""
+    def csv(
+        self,
+        q: CampaignQuery,
+        limit: int,
+        picks: int,
+        *,
+        budget_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> str:
+        """The first ``limit`` rows of a list as CSV text (header included).
+
+        Picks are ranked a block of customers at a time; when ``budget_s``
+        runs out before the last block, :class:`TooSlow` is raised instead of
+        answering with part of the list (a file cut short would look whole).
+
+        Raises
+        ------
+        AnswerError
+            ``"bad_request"`` for a query :meth:`check` refuses or a limit
+            outside 1 to :data:`MAX_DOWNLOAD`.
+        TooSlow
+            When ``budget_s`` is spent before the list is written.
+        """
         if not 1 <= limit <= MAX_DOWNLOAD:
             raise AnswerError(
                 "bad_request", f"a download holds 1 to {MAX_DOWNLOAD:,} customers; got {limit:,}"
             )
+        start = clock()
         rows = self.select(q)[:limit]
-        for start in range(0, rows.size, block):
-            yield self.table(q, rows[start : start + block], picks)
+        # picks cost a ranking per customer: small blocks keep the budget checked often
+        block = 500 if picks else 20_000
+        out = io.StringIO()
+        columns = COLUMNS + [f"pick_{j}" for j in range(1, picks + 1)]
+        out.write(",".join(columns) + "\n")
+        for at in range(0, rows.size, block):
+            if budget_s is not None and at and clock() - start > budget_s:
+                raise TooSlow(at, int(rows.size), clock() - start, picks)
+            self.table(q, rows[at : at + block], picks).to_csv(out, index=False, header=False)
+        return out.getvalue()
 
     def as_of(self) -> str | None:
         """The day the list's figures are as of."""
@@ -357,6 +414,7 @@ __all__ = [
     "MAX_WINDOW_DAYS",
     "SEGMENTS",
     "AtRiskRule",
+    "TooSlow",
     "CampaignQuery",
     "Campaigns",
 ]

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recommender.answers import Answerer
-from recommender.campaigns import SEGMENTS, AtRiskRule, CampaignQuery, Campaigns
+from recommender.campaigns import SEGMENTS, AtRiskRule, CampaignQuery, Campaigns, TooSlow
 from recommender.lookup import PrefixSearch, fold
 from recommender.purchases import PURCHASES_FILE, PurchaseLog, purchase_log_bytes
 from recommender.store.bundle import Bundle, load_bundle
@@ -460,3 +460,24 @@ def test_a_published_version_gets_its_own_console(shop, tmp_path):
         assert after["model_version"] == new and after["total"] == 100  # C000000..C000099
         assert ok(c.get("/v1/campaigns", params={"limit": 1}))["model_version"] == new
         assert len(app.state.consoles) <= 2
+
+
+def test_a_download_out_of_time_is_refused_not_cut_short(bundle, client):
+    c = Campaigns(Answerer(bundle))
+    q = CampaignQuery(min_probability=0.0)
+    total = c.count(q)
+    assert total > 500  # two blocks of picks
+    whole = c.csv(q, total, 3)
+    assert whole.count("\n") == total + 1  # header and every row
+    ticks = iter(range(1000))  # a clock that moves one second per reading
+    with pytest.raises(TooSlow) as err:
+        c.csv(q, total, 3, budget_s=0.5, clock=lambda: float(next(ticks)))
+    assert err.value.done == 500 and err.value.total == total
+    assert f"500 of {total:,} customers" in str(err.value) and "picks=0" in str(err.value)
+    # without picks the blocks are larger: one block, so it is written whole
+    assert c.csv(q, total, 0, budget_s=0.5, clock=lambda: float(next(ticks))).count("\n") == (
+        total + 1
+    )
+    # the API gives the whole file, as the library writes it
+    r = client.get("/v1/campaigns/download", params={"min_probability": 0.0, "picks": 3})
+    assert r.text == whole

@@ -8,13 +8,11 @@ sees is the number of rows the CSV holds (up to its ``limit``).
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from recommender.campaigns import (
@@ -24,6 +22,7 @@ from recommender.campaigns import (
     SEGMENTS,
     CampaignQuery,
     Campaigns,
+    TooSlow,
 )
 from serving.deps import AnswererDep
 from serving.routes.console import ConsoleDep
@@ -165,10 +164,11 @@ def preview(
             "content": {"text/csv": {"schema": {"type": "string"}}},
         },
     },
-    response_class=StreamingResponse,
+    response_class=Response,
     summary="Download a campaign list as CSV (the preview's rows, in its order)",
 )
 def download(
+    request: Request,
     answerer: AnswererDep,
     console: ConsoleDep,
     q: QueryDep,
@@ -176,32 +176,22 @@ def download(
     limit: Annotated[
         int, Query(description=f"the first this many customers (at most {MAX_DOWNLOAD:,})")
     ] = MAX_DOWNLOAD,
-) -> StreamingResponse:
-    """Empty probabilities are figures the model cannot tell (see next-purchase)."""
+) -> Response:
+    """Empty probabilities are figures the model cannot tell (see next-purchase).
+
+    The file is written whole before it is sent: a list that cannot be
+    written within the request's deadline is a 503 that says how far it got,
+    never a file cut short."""
     c = _campaigns(console)
-    blocks = c.blocks(q, limit, picks)  # checks the query before anything is sent
-    first = next(blocks, None)
-
-    def body() -> Iterator[str]:
-        header = True
-        for table in [first] if first is not None else []:
-            yield _csv(table, header)
-            header = False
-        for table in blocks:
-            yield _csv(table, header)
-            header = False
-        if header:  # an empty list still has its columns
-            yield ",".join(COLUMNS + [f"pick_{j}" for j in range(1, picks + 1)]) + "\n"
-
+    # leave the deadline's last fifth for sending, so this answer comes before the server's own
+    budget = 0.8 * request.app.state.settings.request_deadline_s
+    try:
+        text = c.csv(q, limit, picks, budget_s=budget)
+    except TooSlow as exc:
+        raise HTTPException(503, str(exc)) from None
     name = f"campaign_{q.kind}_{q.within_days:g}_days_{c.as_of()}.csv"
-    return StreamingResponse(
-        body(),
+    return Response(
+        text,
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
-
-
-def _csv(table: Any, header: bool) -> str:
-    buf = io.StringIO()
-    table.to_csv(buf, index=False, header=header)
-    return buf.getvalue()

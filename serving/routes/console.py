@@ -429,7 +429,7 @@ class LikelyBuyers(BaseModel):
         description="past buyers by P(buying it again within within_days) (repurchase items)"
     )
     new: ProspectList = Field(
-        description="customers who never bought it, by the ranking model's score for it"
+        description="customers who never bought it, by the ALS score of customer and item"
     )
     model_version: str
 

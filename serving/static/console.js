@@ -407,6 +407,37 @@ async function showCampaign(push = true) {
     $("c-preview").innerHTML = "";
   }
 }
+// the CSV is fetched, then saved: a list the server cannot write in time is a message, not a broken file
+$("c-download").addEventListener("click", async ev => {
+  ev.preventDefault();
+  const a = ev.currentTarget;
+  if (a.classList.contains("disabled") || a.dataset.busy) return;
+  const label = a.textContent;
+  a.dataset.busy = "1";
+  a.textContent = "Writing the CSV…";
+  try {
+    const r = await fetch(a.href);
+    if (!r.ok) {
+      const body = await r.json().catch(() => ({detail: r.status + " " + r.statusText}));
+      throw new Error(body.detail);
+    }
+    const blob = await r.blob();
+    const name = (/filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "") || [])[1] || "campaign.csv";
+    const url = URL.createObjectURL(blob);
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = name;
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (e) {
+    say("The CSV was not written: " + e.message);
+  } finally {
+    a.textContent = label;
+    delete a.dataset.busy;
+  }
+});
 $("campaign").addEventListener("input", () => { clearTimeout(campaignTimer); campaignTimer = setTimeout(showCampaign, 250); });
 $("campaign").addEventListener("submit", ev => ev.preventDefault());
 

@@ -919,12 +919,35 @@ def _value_columns(
     }
 
 
+#: The furthest a next-purchase date is given, in days after the as-of day.
+MAX_DATE_DAYS = 365
+
+
+def as_of_date(as_of: Any) -> str | None:
+    """The day a version's answers are "as of": the last day of its log, ``YYYY-MM-DD``.
+
+    This is what "as of" means on every surface (the API, the CLI, the page,
+    the exports and ``encore train --as-of``): purchases up to the end of that
+    day are counted, and "within N days" means the N days after it. A
+    manifest stores the instant the data ends (the midnight after that day);
+    this turns it (or a manifest holding it) into the day.
+    """
+    if isinstance(as_of, dict):
+        as_of = as_of.get("as_of")
+    if as_of is None or as_of == "":
+        return None
+    end = pd.Timestamp(as_of)
+    day = end.normalize() if end != end.normalize() else end - pd.Timedelta(days=1)
+    return str(day.strftime("%Y-%m-%d"))
+
+
 def purchase_dates(as_of: pd.Timestamp, median_days: np.ndarray) -> np.ndarray:
     """The next-purchase date of each median: ``as_of + ceil(median) days - 1 day``.
 
-    ``as_of`` is the day after the last day of the log, so a median of one day
-    means the last day of the log plus one. A median that is not finite (the
-    customer has most likely stopped buying) has no date: an empty string.
+    ``as_of`` is the manifest's end of data (the midnight after the last day
+    of the log), so a median of one day is the day after the as-of day (see
+    :func:`as_of_date`). A median that is not finite has no date: an empty
+    string.
 
     Returns
     -------
@@ -938,6 +961,173 @@ def purchase_dates(as_of: pd.Timestamp, median_days: np.ndarray) -> np.ndarray:
         d = as_of + pd.to_timedelta(np.ceil(med[finite]), unit="D") - pd.Timedelta(days=1)
         dates[finite] = np.asarray(d.strftime("%Y-%m-%d"), dtype=object)
     return dates
+
+
+def _history_in_units(timing: Any, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    s, u = timing.summary_, float(timing.unit_days)
+    return s.x[rows], s.t_x[rows] / u, s.T[rows] / u
+
+
+def likely_purchase_days(timing: Any, rows: np.ndarray) -> np.ndarray:
+    """Days after the as-of day until the customer has more likely bought than not.
+
+    The date rule of every surface: the first whole day ``d`` (1 to
+    :data:`MAX_DATE_DAYS`) on which P(at least one purchase within ``d``
+    days) reaches one half, that is the median of the time to the next
+    purchase, counting the chance the customer has left. It is ``inf`` where
+    that chance stays under one half for a year, whether because the customer
+    has most likely left or because they buy too rarely. The probability is
+    the one the next-purchase figures and the page's plot show, so a date
+    never disagrees with them: P(buy within ``d``) >= 0.5 > P(buy within
+    ``d - 1``).
+
+    Parameters
+    ----------
+    timing
+        A fitted :class:`~recommender.timing.selection.PurchaseTimingModel`.
+    rows
+        Customer rows.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    model, u = timing.model_, float(timing.unit_days)
+    x, t_x, T = _history_in_units(timing, rows)
+    out = np.full(len(rows), np.inf)
+    if len(rows) == 0:
+        return out
+    reach = model.p_purchase_within(MAX_DATE_DAYS / u, x, t_x, T) >= 0.5
+    at = np.flatnonzero(reach)
+    lo = np.zeros(at.size)  # P(buy within lo days) < 1/2 (nothing within 0 days)
+    hi = np.full(at.size, float(MAX_DATE_DAYS))  # P(buy within hi days) >= 1/2
+    while at.size and (hi - lo > 1).any():
+        mid = np.floor((lo + hi) / 2)
+        p = model.p_purchase_within(mid / u, x[at], t_x[at], T[at])
+        hi, lo = np.where(p >= 0.5, mid, hi), np.where(p >= 0.5, lo, mid)
+    out[at] = hi
+    return out
+
+
+def p_active_shown(timing: Any, rows: np.ndarray, p_active: np.ndarray) -> np.ndarray:
+    """The probability of being active as every surface shows it: NaN where
+    the model cannot tell.
+
+    BG/NBD lets a customer leave only right after a repeat purchase, so it
+    gives everyone without one (a single purchase day) ``p_active = 1`` by
+    construction, not by evidence: read at face value that is "certainly
+    still a customer" for someone who bought once a year ago. Those rows are
+    NaN (null in JSON, empty in CSV); MBG/NBD and Pareto/NBD estimate it for
+    them and keep their figure.
+    """
+    out = np.asarray(p_active, dtype=np.float64).copy()
+    if timing.model_name_ == "bgnbd":
+        s = timing.summary_
+        rows = np.asarray(rows, dtype=np.int64)
+        out[(s.x[rows] == 0) & s.has_history[rows]] = np.nan
+    return out
+
+
+def _read(timing: Any, rows: np.ndarray, pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A model's predictions for ``rows`` as every surface reads them."""
+    return {
+        **pred,
+        "p_active": p_active_shown(timing, rows, pred["p_active"]),
+        "median_days_to_next": likely_purchase_days(timing, rows),
+    }
+
+
+def purchase_curve(bundle: Bundle, row: int, days: Sequence[float] | np.ndarray) -> np.ndarray:
+    """P(at least one purchase within ``d`` days) of a known customer for each ``d``.
+
+    The curve the page plots; its value at a horizon is that row's
+    ``p_purchase`` in :func:`timing_table`.
+
+    Raises
+    ------
+    AnswerError
+        ``"unavailable"`` when the version has no next-purchase model.
+    """
+    timing = _timing_model(bundle)
+    return np.asarray(timing.p_purchase_curve(np.array([row]), np.asarray(days)))[0]
+
+
+def one_time_buyers(bundle: Bundle, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` bought on a single day only (no repeat purchase yet)."""
+    timing = _timing_model(bundle)
+    s = timing.summary_
+    rows = np.asarray(rows, dtype=np.int64)
+    return (s.x[rows] == 0) & s.has_history[rows]
+
+
+def _pct(p: float) -> str:
+    """A probability in whole percent, rounded down, so that a figure under
+    one half never reads as 50% beside words that say "less likely than not"."""
+    pct = 100.0 * p
+    if 0 < pct < 1:
+        return "under 1%"
+    if 99 < pct < 100:
+        return "over 99%"
+    return f"{np.floor(pct + 1e-9):.0f}%"
+
+
+def timing_words(
+    bundle: Bundle, row: int, figures: dict[str, Any], horizon_days: float
+) -> list[str]:
+    """The next-purchase figures of one customer in plain words, for people.
+
+    One sentence each on being a customer, buying within the horizon and the
+    likely date, built from the same figures (a row of :func:`timing_table`)
+    so they cannot disagree: "stopped buying" is said only of a customer whose
+    probability of being active is known and under one half, and a missing
+    date is explained by the probability of buying within a year.
+    """
+    timing = _timing_model(bundle)
+    as_of = pd.Timestamp(bundle.manifest["as_of"])
+    s = timing.summary_
+    raw = figures.get("p_active")
+    p_active = float("nan") if raw is None else float(raw)
+    known = bool(np.isfinite(p_active))
+    first, last = (
+        # the summary counts days on the model's clock, whose as_of_day is the manifest's as_of
+        (as_of + pd.Timedelta(days=float(day - s.as_of_day))).strftime("%Y-%m-%d")
+        for day in (s.first_day[row], s.last_day[row])
+    )
+    n_days = int(s.x[row]) + 1
+    out = []
+    if not bool(s.has_history[row]):
+        out.append("No purchase in this version's log.")
+    elif known:
+        out.append(
+            f"Bought on {n_days} different days, from {first} to {last}; "
+            f"chance they are still a customer: {_pct(p_active)}."
+        )
+    else:
+        out.append(
+            f"Bought on one day only ({first}): the model cannot tell from a single "
+            "purchase whether they are still a customer."
+        )
+    out.append(
+        f"Chance of buying within the next {horizon_days:g} days: "
+        f"{_pct(float(figures['p_purchase']))}."
+    )
+    date = figures.get("next_purchase_date")
+    if date:
+        days = int(figures["median_days_to_next"])
+        out.append(
+            f"More likely than not to have bought by {date} ({days} day{'s' * (days != 1)} "
+            "after the as-of day)."
+        )
+    else:
+        year = float(timing.predict(float(MAX_DATE_DAYS), np.array([row]))["p_purchase"][0])
+        if known and p_active < 0.5:
+            out.append(
+                "No likely date: they have most likely stopped buying; the chance of a "
+                f"purchase within a year is {_pct(year)}."
+            )
+        else:
+            out.append(
+                "No likely date: they buy so rarely that a purchase within a year is less "
+                f"likely than not ({_pct(year)}), even if they are still a customer."
+            )
+    return out
 
 
 def _timing_frame(
@@ -1019,7 +1209,7 @@ def timing_table(
     """
     timing = _timing_model(bundle)
     rows = np.asarray(rows, dtype=np.int64)
-    pred = timing.predict(horizon_days, rows)
+    pred = _read(timing, rows, timing.predict(horizon_days, rows))
     ids = bundle.customers.ids_[rows] if customer_ids is None else np.asarray(customer_ids)
     value = _value_columns(bundle, rows, pred["expected_purchases"], terms)
     return _timing_frame(bundle, pred, value, ids, rounded)
@@ -1078,7 +1268,7 @@ def due_table(
     else:
         key = prob[sel]
     sel = sel[np.argsort(-key, kind="stable")][:limit]
-    picked = {name: np.asarray(v)[sel] for name, v in p.items()}
+    picked = _read(timing, sel, {name: np.asarray(v)[sel] for name, v in p.items()})
     value = _value_columns(bundle, sel, picked["expected_purchases"], terms)
     table = _timing_frame(bundle, picked, value, bundle.customers.ids_[sel], True)
     return table[DUE_COLUMNS]

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from recommender.answers import AnswerError
 from serving.limits import RequestLimits
-from serving.routes import customers, items, recommendations, shop, system, ui
+from serving.routes import campaigns, console, customers, items, recommendations, shop, system, ui
 from serving.settings import ServingSettings
 from serving.state import ModelStore
 
@@ -151,6 +151,6 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
-    for module in (recommendations, customers, items, shop, system, ui):
+    for module in (recommendations, customers, items, shop, system, console, campaigns, ui):
         app.include_router(module.router)
     return app

@@ -109,13 +109,23 @@ class BuyAgain(BaseModel):
 class NextPurchase(BaseModel):
     customer_id: str
     horizon_days: float
-    as_of: str
-    p_active: float = Field(description="probability the customer is still a customer")
+    as_of: str = Field(description="the last day of the version's log (YYYY-MM-DD)")
+    p_active: float | None = Field(
+        description="probability the customer is still a customer; null where the model "
+        "cannot tell (a single purchase day under BG/NBD, which counts everyone without a "
+        "repeat purchase as active)"
+    )
     expected_purchases: float = Field(description="expected purchases within the horizon")
     p_purchase: float = Field(description="probability of at least one purchase within it")
-    median_days_to_next: float | None
+    median_days_to_next: float | None = Field(
+        description="whole days after as_of until a purchase is more likely than not "
+        "(P(buy within them) >= 0.5); null when that takes more than a year"
+    )
     next_purchase_date: str | None
-    note: str | None = None
+    note: str | None = Field(None, description="why there is no date, when there is none")
+    summary: list[str] = Field(
+        default_factory=list, description="the figures in plain words, as the page shows them"
+    )
     expected_order_value: float | None = Field(
         None, description="expected value of the customer's next order (spend model)"
     )
@@ -136,7 +146,7 @@ class NextPurchase(BaseModel):
 class DueCustomer(BaseModel):
     customer_id: str
     p_purchase: float
-    p_active: float
+    p_active: float | None
     expected_purchases: float
     median_days_to_next: float | None
     next_purchase_date: str | None
@@ -198,7 +208,7 @@ class SimilarItems(BaseModel):
 class ModelInfo(BaseModel):
     version: str
     created_at: str | None
-    as_of: str | None
+    as_of: str | None = Field(description="the last day of the log it was trained on (YYYY-MM-DD)")
     components: dict[str, bool]
     data: dict[str, Any]
     metrics: dict[str, Any]

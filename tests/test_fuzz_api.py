@@ -167,7 +167,7 @@ def sent(request) -> Iterator[Counter]:
 
 def test_every_operation_is_fuzzed():
     labels = {op.ok().label for op in schema.get_all_operations()}
-    assert len(labels) == 14, labels
+    assert len(labels) == 24, labels
     assert JSON_BODIES <= labels
 
 

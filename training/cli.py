@@ -405,6 +405,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    from recommender.answers import as_of_date
     from recommender.store.artifacts import version_summaries
 
     rows = version_summaries(args.models_dir)
@@ -423,7 +424,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                 mark,
                 r["version"],
                 (r["created_at"] or "-")[:19],
-                (r["as_of"] or "-")[:10],
+                as_of_date(r["as_of"]) or "-",
                 f"{r['data']['rows']:,}" if r["data"].get("rows") is not None else "-",
                 _ranking_figure(r["metrics"]),
                 _ranking_figure(r["metrics"], "popularity/ndcg@10"),
@@ -442,6 +443,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
+    from recommender.answers import as_of_date
     from recommender.store.artifacts import read_manifest, version_summaries
 
     names = {r["version"]: r for r in version_summaries(args.models_dir)}
@@ -452,11 +454,12 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     info = names[args.version]
     state = "current" if info["current"] else "rollback target" if info["rollback_target"] else ""
     print(f"version     {args.version}" + (f" ({state})" if state else ""))
-    print(f"trained at  {m.get('created_at')}, as of {m.get('as_of')}")
+    print(f"trained at  {m.get('created_at')}, as of {as_of_date(m)}")
     d, v = m.get("data") or {}, m.get("validation") or {}
     print(
         f"data        {d.get('rows', 0):,} rows, {d.get('customers', 0):,} customers, "
-        f"{d.get('items', 0):,} items, {d.get('time_min')} .. {d.get('time_max')}"
+        f"{d.get('items', 0):,} items, "
+        f"{str(d.get('time_min'))[:10]} .. {str(d.get('time_max'))[:10]}"
     )
     dropped = {k: n for k, n in (v.get("dropped") or {}).items() if n}
     print(

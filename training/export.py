@@ -220,11 +220,12 @@ def export_next_purchase(
     """Write one row per customer with the timing and spend figures for the horizon.
 
     The table is :func:`recommender.answers.timing_table`'s, the one the API's
-    next-purchase answers come from. Columns: customer_id, p_active,
+    next-purchase answers come from. Columns: customer_id, p_active (empty
+    where the model cannot tell: one purchase day under BG/NBD),
     expected_purchases, p_purchase, median_days_to_next, next_purchase_date
-    (empty where the customer has most likely churned, so no date is
-    meaningful), expected_order_value, expected_spend and clv (empty when the
-    version has no spend model). Ids the model does not know are skipped.
+    (empty where a purchase within a year is less likely than not),
+    expected_order_value, expected_spend and clv (empty when the version has
+    no spend model). Ids the model does not know are skipped.
     """
     if bundle.timing is None:
         raise ExportError("this model version has no next-purchase model")

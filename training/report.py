@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from recommender.answers import Answerer, AnswerError
+from recommender.answers import Answerer, AnswerError, as_of_date, likely_purchase_days
 from recommender.store.bundle import Bundle
 
 RANKING_COLUMNS = ("ndcg@10", "recall@20", "map@10", "coverage@10", "customers")
@@ -213,8 +213,8 @@ def _data_section(m: dict[str, Any]) -> str:
     rows += [
         ["customers", _f(d.get("customers"))],
         ["items", _f(d.get("items"))],
-        ["time range", f"{_e(d.get('time_min'))} .. {_e(d.get('time_max'))}"],
-        ["trained as of", _e(m.get("as_of"))],
+        ["time range", f"{_e(str(d.get('time_min'))[:10])} .. {_e(str(d.get('time_max'))[:10])}"],
+        ["trained as of", _e(as_of_date(m))],
     ]
     return "<h2>The data</h2>" + _table(["", ""], rows)
 
@@ -259,8 +259,10 @@ def _ranking_section(m: dict[str, Any]) -> str:
     explore = metrics.get("ranking_explore") or {}
     out = (
         "<h2>Ranking against the baselines</h2>"
-        f"<p>Held-out window {_e(w.get('start'))} .. {_e(w.get('end'))}; every model on the "
-        "same customers.</p>" + served + _table(["model", *RANKING_COLUMNS], rows)
+        f"<p>Held-out window {_e(str(w.get('start'))[:10])} .. {_e(as_of_date(w.get('end')))}; "
+        "every model on the same customers.</p>"
+        + served
+        + _table(["model", *RANKING_COLUMNS], rows)
     )
     if explore:
         out += "<h3>Explore-only lists, judged on new items</h3>" + _table(
@@ -324,12 +326,12 @@ def _timing_section(m: dict[str, Any], bundle: Bundle, calibration: bytes | None
         + _img(calibration, "calibration plot")
     )
     if bundle.timing is not None:
-        # the median is timing_table's column as is; asked of the model alone,
+        # the date rule of every surface, asked of the model alone,
         # without the value columns' lifetime sums over every customer
-        days = bundle.timing.predict(30.0)["median_days_to_next"]
+        days = likely_purchase_days(bundle.timing, np.arange(bundle.n_customers))
         png = _histogram_png(
             np.asarray(days, dtype=float),
-            "Predicted days to the next purchase (median, capped at 365)",
+            "Days until a purchase is more likely than not (none past 365)",
             "days",
         )
         out += "<h3>Predicted days to the next purchase</h3>" + _img(png, "histogram")
@@ -384,7 +386,7 @@ def render_report(bundle: Bundle, calibration: bytes | None = None, *, seed: int
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Encore model {_e(bundle.version)}</title><style>{STYLE}</style></head><body>",
         f"<h1>Model version {_e(bundle.version)}</h1>",
-        f"<p>Trained {_e(m.get('created_at'))}, as of {_e(m.get('as_of'))}; gate: "
+        f"<p>Trained {_e(m.get('created_at'))}, as of {_e(as_of_date(m))}; gate: "
         f"<b>{_e(g)}</b>; {bundle.n_customers:,} customers, {bundle.n_items:,} items.</p>",
     ]
     if m.get("warnings"):

@@ -38,6 +38,7 @@ from recommender.data.transactions import (
     load_transactions,
 )
 from recommender.gate import Candidate, GateConfig, Lists, Verdict, judge, rescore
+from recommender.purchases import PURCHASES_FILE, purchase_log_bytes
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.baselines import PopularityRecommender
 from recommender.ranking.two_stage import rank_among, rank_customers
@@ -884,7 +885,11 @@ def write_and_verify(
         health=health,
         ranker=with_ranker,
         version=version,
-        reports={"timing_calibration.png": plot_once, "report.html": html},
+        reports={
+            "timing_calibration.png": plot_once,
+            "report.html": html,
+            PURCHASES_FILE: lambda: purchase_log_bytes(data.purchases, len(data.customers)),
+        },
     )
     # The file hashes were taken from these very files a moment ago (and
     # serving checks them when it loads): hashing them again here would only

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from recommender.answers import as_of_date
+
 RANK_COLS = ("ndcg@10", "recall@20", "recall@20_repeat", "recall@20_new", "map@10", "coverage@10")
 
 
@@ -62,7 +64,7 @@ def print_summary(result: Any, console: Console) -> None:
         w = metrics.get("ranking_window", {})
         t = Table(
             title=f"Ranking on the held-out window ({w.get('customers', '?')} customers, "
-            f"{w.get('start', '?')[:10]} .. {w.get('end', '?')[:10]})"
+            f"{w.get('start', '?')[:10]} .. {as_of_date(w.get('end')) or '?'})"
         )
         t.add_column("model")
         for c in RANK_COLS:

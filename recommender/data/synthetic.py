@@ -45,25 +45,250 @@ CATEGORIES: dict[str, tuple[list[str], bool]] = {
     "Clothing": (["T-Shirt", "Hoodie", "Jeans", "Sneakers", "Rain Jacket"], False),
     "Toys & Games": (["Puzzle", "Board Game", "Building Blocks", "Card Game", "Plush Toy"], False),
 }
-ADJECTIVES = [
-    "Organic",
-    "Classic",
-    "Premium",
-    "Everyday",
-    "Eco",
-    "Deluxe",
-    "Compact",
-    "Family",
-    "Artisan",
-    "Nordic",
-    "Urban",
-    "Vintage",
-    "Sport",
-    "Gentle",
-    "Bold",
-    "Fresh",
-]
-SIZES = ["", " 250g", " 500g", " 1kg", " Small", " Large", " Pack of 3", " Travel Size"]
+# A title is "<descriptor> <noun><variant>": the descriptor fits the category
+# and the variant (a pack size, a cut, a format) fits the noun. Each list keeps
+# the length of the draw it names (16 descriptors, 8 variants, 5 nouns), so a
+# seed draws the same numbers and makes the same purchases as before; only
+# the words differ.
+# fmt: off
+DESCRIPTORS: dict[str, list[str]] = {
+    "Coffee & Tea": [
+        "Organic", "Fair Trade", "Single Origin", "House Blend", "Decaf", "Morning", "Dark Roast",
+        "Medium Roast", "Estate", "Mountain", "Smooth", "Rich", "Reserve", "Everyday", "Highland",
+        "Velvet",
+    ],
+    "Pet Supplies": [
+        "Grain-Free", "Senior", "Puppy & Kitten", "Salmon", "Chicken", "Lamb", "Natural", "Indoor",
+        "Sensitive", "Active", "Everyday", "Premium", "Hypoallergenic", "Wholesome", "Farmhouse",
+        "Ocean",
+    ],
+    "Household": [
+        "Eco", "Lemon", "Unscented", "Lavender", "Heavy-Duty", "Sensitive", "Fresh Linen",
+        "Everyday", "Plant-Based", "Ultra", "Citrus", "Ocean Breeze", "Original", "Bulk",
+        "Compostable", "Pine",
+    ],
+    "Personal Care": [
+        "Gentle", "Sensitive", "Fresh Mint", "Charcoal", "Aloe", "Coconut", "Unscented", "Sport",
+        "Natural", "Whitening", "Tea Tree", "Oat", "Classic", "Travel", "Eucalyptus", "Cedarwood",
+    ],
+    "Snacks": [
+        "Salted Caramel", "Honey Almond", "Sea Salt", "Cocoa", "Maple Pecan", "Cranberry",
+        "Coconut", "Peanut Butter", "Vanilla", "Mixed Berry", "Spicy", "Original", "Organic",
+        "Oat", "Hazelnut", "Cinnamon",
+    ],
+    "Books": [
+        "Bestselling", "Illustrated", "Award-Winning", "Classic", "Pocket", "Collected",
+        "Complete", "Essential", "Modern", "Nordic", "Coastal", "Mediterranean", "Little", "Big",
+        "New", "Annotated",
+    ],
+    "Kitchen": [
+        "Stainless", "Enamel", "Bamboo", "Professional", "Nonstick", "Ceramic", "Walnut", "Copper",
+        "Everyday", "Compact", "Classic", "Japanese", "Oak", "Matte Black", "Cast", "Nordic",
+    ],
+    "Electronics": [
+        "Wireless", "Noise-Cancelling", "Compact", "Fast-Charge", "Portable", "Pro", "Mini", "HD",
+        "Waterproof", "Slim", "Studio", "Travel", "Rugged", "Smart", "Dual", "Ultra",
+    ],
+    "Home Decor": [
+        "Linen", "Velvet", "Ceramic", "Rustic", "Boho", "Scandinavian", "Botanical", "Marble",
+        "Woven", "Vintage", "Brass", "Terracotta", "Minimal", "Coastal", "Glass", "Oak",
+    ],
+    "Outdoor": [
+        "Insulated", "Trail", "Lightweight", "Merino", "Alpine", "Rugged", "Summit", "Waterproof",
+        "Packable", "Expedition", "Forest", "Canyon", "Ridge", "Trek", "Glacier", "Basecamp",
+    ],
+    "Clothing": [
+        "Organic Cotton", "Slim-Fit", "Relaxed", "Classic", "Linen", "Vintage", "Striped",
+        "Oversized", "Everyday", "Heritage", "Sport", "Merino", "Denim", "Urban", "Washed",
+        "Cropped",
+    ],
+    "Toys & Games": [
+        "Wooden", "Family", "Junior", "Classic", "Deluxe", "Travel", "Jumbo", "Magnetic",
+        "Rainbow", "Dinosaur", "Space", "Ocean", "Jungle", "Puzzle-Box", "Party", "Starter",
+    ],
+}
+VARIANTS: dict[str, list[str]] = {
+    "Coffee Beans": [
+        "", " 250g", " 500g", " 1kg", " 2kg", " Sampler", " Gift Tin", " Subscription Bag",
+    ],
+    "Ground Coffee": [
+        "", " 250g", " 500g", " 1kg", " Filter Grind", " Espresso Grind", " Twin Pack",
+        " Gift Tin",
+    ],
+    "Green Tea": [
+        "", " 20 Bags", " 50 Bags", " 100 Bags", " Loose Leaf 100g", " Loose Leaf 250g",
+        " Matcha 30g", " Gift Tin",
+    ],
+    "Espresso Pods": [
+        "", " 10 Pods", " 30 Pods", " 50 Pods", " 100 Pods", " Variety Box", " Intense", " Lungo",
+    ],
+    "Chai": [
+        "", " 20 Bags", " 50 Bags", " Concentrate 1L", " Latte Powder", " Loose Leaf 100g",
+        " Spiced", " Gift Tin",
+    ],
+    "Dog Food": [
+        "", " 2kg", " 6kg", " 12kg", " Wet 12 Cans", " Wet 24 Cans", " Small Breed",
+        " Large Breed",
+    ],
+    "Cat Litter": [
+        "", " 5L", " 10L", " 20L", " Clumping", " Silica", " Twin Pack", " Wood Pellets",
+    ],
+    "Cat Food": [
+        "", " 1.5kg", " 4kg", " 10kg", " Wet 12 Pouches", " Wet 24 Pouches", " Indoor Formula",
+        " Kitten Formula",
+    ],
+    "Dog Treats": [
+        "", " 200g", " 500g", " 1kg", " Dental Chews", " Training Bites", " Jerky", " Biscuits",
+    ],
+    "Bird Seed": [
+        "", " 1kg", " 2.5kg", " 5kg", " Wild Bird Mix", " Finch Mix", " Suet Cakes",
+        " Feeder Refill",
+    ],
+    "Detergent": ["", " 1L", " 2L", " 40 Loads", " 80 Loads", " Pods 30", " Pods 60", " Refill"],
+    "Dish Soap": [
+        "", " 500ml", " 1L", " Refill 2L", " Tablets 30", " Tablets 60", " Twin Pack", " Foaming",
+    ],
+    "Paper Towels": [
+        "", " 2 Rolls", " 4 Rolls", " 6 Rolls", " 8 Rolls", " 12 Rolls", " Half Sheets",
+        " Jumbo Roll",
+    ],
+    "Trash Bags": [
+        "", " 30L 20 Bags", " 30L 50 Bags", " 50L 20 Bags", " 50L 40 Bags", " 80L 20 Bags",
+        " Drawstring", " Kitchen Roll",
+    ],
+    "Sponges": [
+        "", " 3 Pack", " 6 Pack", " 10 Pack", " Scrub", " Non-Scratch", " Cellulose", " Dish Wand",
+    ],
+    "Shampoo": ["", " 250ml", " 500ml", " 1L", " Refill", " Bar", " Travel Size", " Twin Pack"],
+    "Toothpaste": [
+        "", " 75ml", " 100ml", " Twin Pack", " Triple Pack", " Travel Size", " Kids", " Tablets",
+    ],
+    "Razor Blades": [
+        "", " 4 Pack", " 8 Pack", " 12 Pack", " Starter Kit", " Refills", " Sensitive",
+        " Precision",
+    ],
+    "Body Wash": [
+        "", " 250ml", " 400ml", " 750ml", " Refill 1L", " Travel Size", " Twin Pack", " Bar",
+    ],
+    "Deodorant": [
+        "", " Roll-On", " Spray", " Stick", " Cream", " Twin Pack", " Travel Size", " Refill",
+    ],
+    "Granola": [
+        "", " 350g", " 500g", " 1kg", " Clusters", " Low Sugar", " Family Size", " Snack Pack",
+    ],
+    "Dark Chocolate": [
+        "", " 70%", " 85%", " 100g", " Bar Pack of 3", " Thins", " Buttons", " Gift Box",
+    ],
+    "Trail Mix": [
+        "", " 200g", " 500g", " 1kg", " Snack Packs", " Resealable", " Family Size", " Lunch Box",
+    ],
+    "Rice Crackers": [
+        "", " 100g", " 200g", " Multipack", " Thin", " Lightly Salted", " Seaweed", " Family Size",
+    ],
+    "Protein Bars": [
+        "", " Single", " Pack of 6", " Pack of 12", " Box of 24", " Mini", " Crunchy", " Vegan",
+    ],
+    "Novel": [
+        "", " Paperback", " Hardcover", " Large Print", " Box Set", " Signed Edition", " Ebook",
+        " Audiobook",
+    ],
+    "Cookbook": [
+        "", " Paperback", " Hardcover", " Spiral-Bound", " Gift Edition", " Ebook",
+        " Weeknight Edition", " Volume 2",
+    ],
+    "Travel Guide": [
+        "", " Paperback", " Pocket Edition", " 2025 Edition", " Map Pack", " Ebook",
+        " Walking Edition", " Phrasebook",
+    ],
+    "Biography": [
+        "", " Paperback", " Hardcover", " Large Print", " Illustrated Edition", " Ebook",
+        " Audiobook", " Signed Edition",
+    ],
+    "Poetry Collection": [
+        "", " Paperback", " Hardcover", " Pocket Edition", " Gift Edition", " Ebook", " Audiobook",
+        " Volume 2",
+    ],
+    "Chef Knife": [
+        "", " 15 cm", " 20 cm", " 25 cm", " with Sheath", " Gift Box", " Santoku", " Set of 3",
+    ],
+    "Cast Iron Pan": [
+        "", " 20 cm", " 26 cm", " 30 cm", " Skillet", " Griddle", " with Lid", " Pre-Seasoned",
+    ],
+    "Cutting Board": [
+        "", " Small", " Medium", " Large", " Set of 3", " with Groove", " Reversible", " Serving",
+    ],
+    "Kettle": [
+        "", " 1L", " 1.7L", " Gooseneck", " Stovetop", " Electric", " Whistling",
+        " Temperature Control",
+    ],
+    "Mixing Bowls": [
+        "", " Set of 3", " Set of 5", " with Lids", " Nesting", " 2L", " 4L", " Non-Slip",
+    ],
+    "Headphones": [
+        "", " Over-Ear", " On-Ear", " Earbuds", " Sport Earbuds", " Kids", " Foldable",
+        " Studio Monitor",
+    ],
+    "USB Charger": ["", " 20W", " 30W", " 65W", " Dual Port", " Car", " Travel", " 3-Port"],
+    "Bluetooth Speaker": [
+        "", " Mini", " Shower", " Outdoor", " Party", " Desk", " Bookshelf", " 360",
+    ],
+    "Power Bank": [
+        "", " 5,000 mAh", " 10,000 mAh", " 20,000 mAh", " MagSafe", " Solar", " Slim", " Laptop",
+    ],
+    "Webcam": [
+        "", " 720p", " 1080p", " 4K", " with Microphone", " Wide-Angle", " Privacy Cover",
+        " Ring Light",
+    ],
+    "Throw Pillow": [
+        "", " 45 cm", " 50 cm", " Lumbar", " Set of 2", " Outdoor", " Cover Only", " Tasseled",
+    ],
+    "Candle": [
+        "", " Small", " Large", " Three-Wick", " Travel Tin", " Set of 3", " Pillar",
+        " Tealights 12",
+    ],
+    "Picture Frame": [
+        "", " 10x15 cm", " 13x18 cm", " 20x25 cm", " A4", " Collage", " Set of 3", " Floating",
+    ],
+    "Vase": ["", " Small", " Medium", " Large", " Bud", " Set of 3", " Tall", " Bottle"],
+    "Wall Clock": [
+        "", " 30 cm", " 40 cm", " 60 cm", " Silent", " Station", " Sunburst", " Minimal Dial",
+    ],
+    "Water Bottle": [
+        "", " 500ml", " 750ml", " 1L", " Filter", " Kids", " Sport Cap", " Collapsible",
+    ],
+    "Camping Mug": [
+        "", " 350ml", " 500ml", " Enamel", " Titanium", " Set of 2", " with Lid", " Folding",
+    ],
+    "Hiking Socks": [
+        "", " Ankle", " Crew", " Knee", " 2 Pairs", " 3 Pairs", " Cushioned", " Liner",
+    ],
+    "Headlamp": [
+        "", " 200 lm", " 400 lm", " 800 lm", " Rechargeable", " Red Light", " Kids", " Running",
+    ],
+    "Daypack": ["", " 15L", " 20L", " 25L", " 30L", " Hydration", " Rolltop", " Packable"],
+    "T-Shirt": ["", " XS", " S", " M", " L", " XL", " Long Sleeve", " 3 Pack"],
+    "Hoodie": ["", " XS", " S", " M", " L", " XL", " Zip", " Pullover"],
+    "Jeans": ["", " W28", " W30", " W32", " W34", " W36", " Straight", " Tapered"],
+    "Sneakers": ["", " EU 38", " EU 40", " EU 42", " EU 44", " EU 46", " High-Top", " Slip-On"],
+    "Rain Jacket": ["", " XS", " S", " M", " L", " XL", " Packable", " Hooded"],
+    "Puzzle": [
+        "", " 100 Pieces", " 300 Pieces", " 500 Pieces", " 1000 Pieces", " 2000 Pieces", " Floor",
+        " 3D",
+    ],
+    "Board Game": [
+        "", " 2-Player", " Family Edition", " Travel Edition", " Expansion", " Deluxe Edition",
+        " Strategy", " Co-op",
+    ],
+    "Building Blocks": [
+        "", " 100 Pieces", " 250 Pieces", " 500 Pieces", " Starter Set", " Bucket", " Vehicles",
+        " Castle",
+    ],
+    "Card Game": [
+        "", " Party", " Travel", " Expansion", " Strategy", " Kids", " 2-Player", " Trivia",
+    ],
+    "Plush Toy": ["", " Small", " Medium", " Large", " Giant", " Keychain", " Weighted", " Glow"],
+}
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -158,12 +383,13 @@ def _catalog(preset: ShopPreset, n_items: int, rng: np.random.Generator) -> dict
     titles = []
     seen: set[str] = set()
     for i in range(n_items):
-        nouns = CATEGORIES[cats[cat_of[i]]][0]
+        category = cats[cat_of[i]]
+        nouns, words = CATEGORIES[category][0], DESCRIPTORS[category]
         for _ in range(20):
-            t = (
-                f"{ADJECTIVES[rng.integers(len(ADJECTIVES))]} "
-                f"{nouns[rng.integers(len(nouns))]}{SIZES[rng.integers(len(SIZES))]}"
-            )
+            a = rng.integers(len(words))
+            noun = nouns[rng.integers(len(nouns))]
+            v = VARIANTS[noun]
+            t = f"{words[a]} {noun}{v[rng.integers(len(v))]}"
             if t not in seen:
                 break
         else:

@@ -7,7 +7,6 @@ import json
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
@@ -15,8 +14,10 @@ from recommender.answers import (
     Answerer,
     DueSort,
     ValueTerms,
+    as_of_date,
     due_table,
     timing_table,
+    timing_words,
     value_note,
 )
 from serving.deps import AnswererDep
@@ -46,7 +47,7 @@ DiscountRate = Annotated[
 ]
 
 
-def _money(x: Any) -> float | None:
+def _finite(x: Any) -> float | None:
     v = float(x)
     return v if np.isfinite(v) else None
 
@@ -168,26 +169,23 @@ def next_purchase(
     ).iloc[0]
     med = float(t["median_days_to_next"])
     date = str(t["next_purchase_date"]) or None
+    words = timing_words(answerer.bundle, row, t.to_dict(), horizon_days)
     return NextPurchase(
         customer_id=customer_id,
         horizon_days=horizon_days,
-        as_of=(answerer.as_of - pd.Timedelta(days=1)).date().isoformat(),
+        as_of=as_of_date(answerer.bundle.manifest) or "",
         model_version=answerer.bundle.version,
-        p_active=float(t["p_active"]),
+        p_active=_finite(t["p_active"]),
         expected_purchases=float(t["expected_purchases"]),
         p_purchase=float(t["p_purchase"]),
         median_days_to_next=med if np.isfinite(med) else None,
         next_purchase_date=date,
-        expected_order_value=_money(t["expected_order_value"]),
-        expected_spend=_money(t["expected_spend"]),
-        clv=_money(t["clv"]),
+        expected_order_value=_finite(t["expected_order_value"]),
+        expected_spend=_finite(t["expected_spend"]),
+        clv=_finite(t["clv"]),
         clv_horizon_days=clv_horizon_days,
         annual_discount_rate=annual_discount_rate,
         value_note=value_note(answerer.bundle),
-        note=None
-        if date
-        else (
-            "no date: this customer has most likely stopped buying, or the next purchase "
-            "is more than a year away"
-        ),
+        note=None if date else words[-1],
+        summary=words,
     )

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from recommender.answers import as_of_date
 from serving.deps import AnswererDep, StoreDep
 from serving.schemas import Error, Health, ModelInfo
 
@@ -27,7 +28,7 @@ def model_info(answerer: AnswererDep, store: StoreDep) -> ModelInfo:
     return ModelInfo(
         version=answerer.bundle.version,
         created_at=m.get("created_at"),
-        as_of=m.get("as_of"),
+        as_of=as_of_date(m),
         components=m.get("components", {}),
         data=m.get("data", {}),
         metrics=m.get("metrics", {}),

@@ -46,6 +46,7 @@ from recommender.ranking.als_search import PRUNE_MIN_ITEMS, NormOrderedSearch
 from recommender.ranking.base import in_sorted, scratch_block, top_k, top_k_sparse
 from recommender.ranking.two_stage import score_candidates
 from recommender.store.bundle import Bundle
+from recommender.timing.repurchase import days_text
 from recommender.value.clv import lifetime_value
 
 Strategy = Literal["personalized", "folded_in", "popular"]
@@ -678,19 +679,22 @@ class Answerer:
         if not 0 <= row < snap.n_customers:
             return {}
         out: dict[int, str] = {}
+        # the buy-again model's cycle where it has one, so that the picks and
+        # the "due to buy again" list on one screen give the same rhythm
+        rep = self.bundle.repurchase
+        cycles = rep.rhythm(row) if rep is not None else {}
         pos = snap.pair_index(np.full(items.size, row), items)
         for item, p in zip(items.tolist(), pos.tolist(), strict=True):
             if p < 0:
                 continue
-            since = int(snap.cutoff - snap.pair_last[p])
-            ago = "today" if since <= 0 else f"{since} day{'s' if since != 1 else ''} ago"
+            since = float(snap.cutoff - snap.pair_last[p])
             gap = float(snap.pair_mean_gap[p])
+            if item in cycles:
+                gap, since = cycles[item]
+            ago = "today" if since < 0.5 else f"{days_text(since)} ago"
             if snap.pair_days[p] >= 2 and np.isfinite(gap):
-                every = max(1, round(gap))
-                out[item] = (
-                    f"you buy this about every {every} day{'s' if every != 1 else ''}; "
-                    f"last bought {ago}"
-                )
+                every = days_text(max(gap, 1.0))
+                out[item] = f"you buy this about every {every}; last bought {ago}"
             else:
                 out[item] = f"you bought this once, {ago}"
         knn = stage.knn

@@ -762,6 +762,23 @@ class RepurchaseModel:
             )
         return out
 
+    def rhythm(self, customer_row: int) -> dict[int, tuple[float, float]]:
+        """The items a customer rebought (two purchase days or more): item row ->
+        (their cycle in days, days since they last bought it), the figures
+        behind :meth:`buy_again`'s reasons."""
+        self._check_fitted()
+        assert self.indptr_ is not None
+        if not 0 <= int(customer_row) < self.n_customers_:
+            return {}
+        lo, hi = self.indptr_[customer_row], self.indptr_[customer_row + 1]
+        pairs = np.arange(lo, hi)
+        pairs = pairs[np.asarray(self.pair_n_)[pairs] >= 2]
+        if pairs.size == 0:
+            return {}
+        _, cycle, e = self._prob(pairs, 1.0, self._at(None))
+        items = np.asarray(self.pair_item_)[pairs].tolist()
+        return {int(i): (float(c), float(d)) for i, c, d in zip(items, cycle, e, strict=True)}
+
     def score_customers(
         self, rows: np.ndarray, within_days: float, *, as_of_day: float | None = None
     ) -> sp.csr_matrix:
@@ -780,6 +797,11 @@ class RepurchaseModel:
             (p.astype(np.float64), self.pair_item_[pairs], indptr),
             shape=(rows.size, self.n_items_),
         )
+
+
+def days_text(v: float) -> str:
+    """A number of days in words: "1 day", "9 days"."""
+    return _days(v)
 
 
 def _days(v: float) -> str:

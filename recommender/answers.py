@@ -50,6 +50,12 @@ from recommender.timing.repurchase import days_text
 from recommender.value.clv import lifetime_value
 
 Strategy = Literal["personalized", "folded_in", "popular"]
+#: An item is "often bought with" one a customer bought when that one is
+#: among its this many closest co-purchases (item-kNN).
+CLOSE_NEIGHBOURS = 10
+#: A pick is "in a category you often buy" from this share of a customer's
+#: purchases on.
+OWN_CATEGORY_SHARE = 0.2
 #: Served lists that rank a customer's own purchases like any other item.
 REPEAT_LISTS = ("ranker", "p_topfreq", "tifu_knn", "personal_frequency")
 ErrorKind = Literal["bad_request", "unavailable"]
@@ -699,14 +705,27 @@ class Answerer:
                 out[item] = f"you bought this once, {ago}"
         knn = stage.knn
         bought = snap.indices[snap.indptr[row] : snap.indptr[row + 1]]
-        new = np.asarray([i for i in items.tolist() if i not in out], dtype=np.int64)
-        if knn is not None and knn.similarity_ is not None and bought.size and new.size:
-            sims = sp.csr_matrix(knn.similarity_[new][:, bought])
-            for j, item in enumerate(new.tolist()):
-                lo, hi = sims.indptr[j], sims.indptr[j + 1]
-                if hi > lo and sims.data[lo:hi].max() > 0:
-                    partner = int(bought[sims.indices[lo + int(np.argmax(sims.data[lo:hi]))]])
-                    out[item] = f"often bought with {self.label(partner)}"
+        new = [i for i in items.tolist() if i not in out]
+        if knn is not None and knn.similarity_ is not None and bought.size and new:
+            # "often bought with X" only when X is among the item's closest
+            # co-purchases: a weak link to anything bought explains nothing
+            sim = knn.similarity_
+            for item in new:
+                lo, hi = sim.indptr[item], sim.indptr[item + 1]
+                near, strength = sim.indices[lo:hi], sim.data[lo:hi]
+                top = near[np.argsort(-strength, kind="stable")[:CLOSE_NEIGHBOURS]]
+                mine = top[np.isin(top, bought)]
+                if mine.size:
+                    out[item] = f"often bought with {self.label(int(mine[0]))}"
+        shares = snap.category_rows(np.array([row]))
+        for item in items.tolist():
+            cat = int(snap.item_category[item])
+            if item in out or cat < 0 or not shares.nnz:
+                continue
+            at = np.flatnonzero(shares.indices == cat)
+            name = str(self.bundle.catalog.category[item])
+            if at.size and shares.data[at[0]] >= OWN_CATEGORY_SHARE and name:
+                out[item] = f"you often buy {name}"
         return out
 
     # -- questions -------------------------------------------------------------------

@@ -486,3 +486,28 @@ def test_a_version_without_a_ranker_serves_als(shop, stage, tmp_path) -> None:
     want, _ = stage.als.recommend(np.array([3]), bundle.history, k=5, exclude_seen=True)
     explore = a.for_customer("c3", 5, Rules(exclude_purchased=True))
     assert [p.item_row for p in explore.picks] == want[0].tolist()
+
+
+def test_reasons_name_a_close_co_purchase_or_a_category_the_customer_buys(
+    shop, report, stage, tmp_path
+) -> None:
+    from recommender.answers import CLOSE_NEIGHBOURS, Answerer, Rules
+    from recommender.store.bundle import load_bundle_dir
+
+    bundle = load_bundle_dir(_bundle_with_ranker(shop, stage, report.ranker, tmp_path))
+    a = Answerer(bundle)
+    sim = bundle.stage.knn.similarity_
+    seen = set()
+    for row in range(40):
+        bought = set(a.history(row).tolist())
+        for p in a.for_customer(f"c{row}", 10, Rules()).picks:
+            seen.add(p.reason.split(" ")[0])
+            if p.reason.startswith("often bought with"):
+                partner = bundle.items.row(p.reason.removeprefix("often bought with "))
+                lo, hi = sim.indptr[p.item_row], sim.indptr[p.item_row + 1]
+                order = np.argsort(-sim.data[lo:hi], kind="stable")[:CLOSE_NEIGHBOURS]
+                assert partner in bought and partner in set(sim.indices[lo:hi][order].tolist())
+            elif p.item_row in bought:
+                words = p.reason.removeprefix("due to rebuy: ")
+                assert words.startswith(("you buy this about every", "you bought this once"))
+    assert {"often", "you"} <= seen, seen

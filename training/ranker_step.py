@@ -122,6 +122,10 @@ def fit_two_stage(
         # one (timing off, or no item rebought) the ranker learns without it
         use_repurchase=timing_on and repurchase is not None,
         repurchase={"min_customer_purchases": 1},
+        # twice the ranker's default step: on the 5M-row bench log early stopping
+        # kept 25 trees for a held-out nDCG of 0.3826 where 0.05 kept 64 for
+        # 0.3829, so training and every served prediction cost less than half
+        ranker={"learning_rate": 0.1, "early_stopping_rounds": 15},
         seed=cfg.seed,
     )
     cache: dict[int, StageModels] = {}

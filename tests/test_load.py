@@ -4,12 +4,14 @@ The app runs under uvicorn on 127.0.0.1 (an ephemeral port) while sixteen
 keep-alive clients send a bounded number of requests; midway a new version is
 published. Every answer must be a 200 from one of the two versions, and no
 request may take as long as the server's deadline. Loopback only, bounded in
-count and time, and it stops by itself.
+count and time, and it stops by itself. The listening sockets of several
+workers split a burst of new connections between them.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ import uvicorn
 from recommender.store.artifacts import publish
 from serving.app import create_app
 from serving.settings import ServingSettings
+from serving.workers import bind_sockets, spreads_connections
 from tests.test_hot_reload import Versions, versions  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("thread_limits_restored")
@@ -101,3 +104,37 @@ def test_a_burst_across_a_hot_swap_gets_no_error_and_no_slow_answer(versions, tm
     assert swapped.is_set()
     slowest = max(t for _, _, t in results)
     assert slowest < DEADLINE_S, slowest
+
+
+@pytest.mark.skipif(not spreads_connections(), reason="SO_REUSEPORT spreads connections on Linux")
+def test_the_workers_sockets_share_the_address_and_split_a_burst_of_connections():
+    # what `encore serve --workers 2` binds: one listening socket per worker
+    socks = bind_sockets("127.0.0.1", 0, 2)
+    clients = []
+    try:
+        assert len({s.getsockname() for s in socks}) == 1
+        for s in socks:
+            s.listen(128)
+            s.setblocking(False)
+        # a burst, as a frontend opens its keep-alive pool; each connection is
+        # queued on one socket, so each worker accepts only its share
+        for _ in range(64):
+            clients.append(socket.create_connection(socks[0].getsockname(), timeout=5))
+        accepted = [0, 0]
+        deadline = time.monotonic() + 5
+        while sum(accepted) < 64 and time.monotonic() < deadline:
+            for i, s in enumerate(socks):
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    continue
+                conn.close()
+                accepted[i] += 1
+        assert sum(accepted) == 64
+        # a hash of the addresses: 64 connections all on one socket would be a 2**-63 chance
+        assert min(accepted) >= 8, accepted
+    finally:
+        for c in clients:
+            c.close()
+        for s in socks:
+            s.close()

@@ -25,6 +25,7 @@ from typing import Any
 from recommender.answers import Answerer
 from recommender.store.artifacts import current_version, list_versions, read_manifest
 from recommender.store.bundle import load_bundle
+from serving.encoding import ItemJson
 from serving.settings import ServingSettings
 
 log = logging.getLogger("encore.serving")
@@ -40,13 +41,22 @@ class LoadEvent:
     at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class Served:
+    """One loaded version as the routes use it, swapped in as one reference."""
+
+    answerer: Answerer
+    items_json: ItemJson
+    """Its items' JSON, written once per version (:mod:`serving.encoding`)."""
+
+
 class ModelStore:
     """Holds the served :class:`~recommender.answers.Answerer` and reloads it when
     ``current`` changes."""
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
-        self._answerer: Answerer | None = None
+        self._served: Served | None = None
         self._lock = threading.Lock()  # one load at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,13 +72,19 @@ class ModelStore:
         self.reloads_failed = 0
 
     @property
+    def served(self) -> Served | None:
+        """The served version (a request keeps the one it started with)."""
+        return self._served
+
+    @property
     def answerer(self) -> Answerer | None:
-        return self._answerer
+        s = self._served
+        return s.answerer if s is not None else None
 
     @property
     def version(self) -> str | None:
-        a = self._answerer
-        return a.bundle.version if a is not None else None
+        s = self._served
+        return s.answerer.bundle.version if s is not None else None
 
     def _record(self, event: LoadEvent) -> None:
         self.events = (self.events + [event])[-20:]
@@ -91,13 +107,13 @@ class ModelStore:
                 self._last_wanted = wanted
             if wanted is None:
                 msg = f"no model is published in {models_dir}"
-                if self._answerer is None:
+                if self.answerer is None:
                     self.unavailable = (
                         f"{msg}: train one with `encore train --transactions FILE "
                         f"--models-dir {models_dir}` (or `encore demo`); the server picks it up "
                         "automatically"
                     )
-                return LoadEvent(None, self._answerer is not None, msg)
+                return LoadEvent(None, self.answerer is not None, msg)
             if wanted == self.version and not force:
                 return LoadEvent(wanted, True, "already serving this version")
             if wanted in self._refused and not force:
@@ -105,7 +121,7 @@ class ModelStore:
             ev = self._load(wanted)
             if ev.ok:
                 self.fallback_from = self.note = self.unavailable = None
-            elif self._answerer is None:
+            elif self.answerer is None:
                 ev = self._fall_back(wanted, ev)
             elif self.fallback_from is not None:
                 self.fallback_from = wanted  # still standing in, now for this one
@@ -118,6 +134,7 @@ class ModelStore:
                 self.settings.models_dir, version, verify_hashes=self.settings.verify_hashes
             )
             answerer = Answerer(bundle, due_days=self.settings.due_probability_horizon_days)
+            served = Served(answerer, ItemJson(bundle))
         except Exception as exc:
             # Whatever stops a version from loading (named artifact errors, but
             # also e.g. zipfile.BadZipFile from damaged bytes when hashes are not
@@ -128,7 +145,7 @@ class ModelStore:
             log.error("%s; still serving %s", ev.message, self.version)
             self._record(ev)
             return ev
-        self._answerer = answerer  # the swap: requests in flight keep theirs
+        self._served = served  # the swap: requests in flight keep theirs
         self._refused.discard(version)
         self.reloads_ok += 1
         ev = LoadEvent(

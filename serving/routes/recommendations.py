@@ -1,4 +1,17 @@
-"""Guess-you-like picks: per customer, for recent items, and in batches."""
+"""Guess-you-like picks: per customer, for recent items, and in batches.
+
+The two single-customer routes are ``async def``: they answer on the event
+loop instead of in the threadpool. Handing a request to a worker thread and
+back cost about 0.13 ms of CPU (measured in process), more than a known
+customer's whole answer (~0.05 ms from the top-N table, ~0.1-0.3 ms ranked),
+and under load the threads only took turns on the GIL with the loop. One
+answer's work is bounded by the request's limits (``k`` <= 1,000, at most 50
+categories, 1,000 excluded and 500 recent items): measured on 100,000 items,
+a few milliseconds at worst, which a thread holding the GIL would keep the
+loop waiting for too. A batch (up to ``ENCORE_MAX_BATCH_PICKS`` picks, up to
+seconds) still runs in the threadpool, so the loop answers others meanwhile
+and the deadline can fire.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +51,7 @@ def _json(body: bytes) -> Response:
     responses=ERRORS,
     summary="Guess you like: top-k picks for a customer",
 )
-def customer_recommendations(
+async def customer_recommendations(
     served: ServedDep,
     customer_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=256)],
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
@@ -60,7 +73,7 @@ def customer_recommendations(
     responses=ERRORS,
     summary="Picks from recent items (new or just-active customers)",
 )
-def recommendations_from_recent(served: ServedDep, body: RecommendRequest) -> Response:
+async def recommendations_from_recent(served: ServedDep, body: RecommendRequest) -> Response:
     """Recent item ids are folded into the ALS model (the same least-squares
     step a refit would take); unknown ids are ignored and listed."""
     rules = Rules(body.category, body.exclude_items, body.exclude_purchased, body.available_only)

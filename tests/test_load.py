@@ -10,19 +10,23 @@ workers split a burst of new connections between them.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import uvicorn
 
+from recommender.answers import Answerer
 from recommender.store.artifacts import publish
 from serving.app import create_app
 from serving.settings import ServingSettings
+from serving.state import ModelStore
 from serving.workers import bind_sockets, spreads_connections
 from tests.test_hot_reload import Versions, versions  # noqa: F401 - the fixture
 
@@ -138,3 +142,47 @@ def test_the_workers_sockets_share_the_address_and_split_a_burst_of_connections(
             c.close()
         for s in socks:
             s.close()
+
+
+def test_each_load_collects_once_then_freezes_and_frees_the_replaced_version(
+    versions,  # noqa: F811
+    tmp_path,
+):
+    models = tmp_path / "models"
+    shutil.copytree(versions.models, models)
+    store = ModelStore(ServingSettings(models_dir=models, reload_interval_s=0, freeze_gc=True))
+    try:
+        assert store.refresh().ok and store.version == versions.a
+        # the libraries and the version are out of the collector's sight...
+        assert gc.get_freeze_count() > 10_000
+        answerer = store.answerer
+        old = weakref.ref(answerer)
+        # a version whose objects form a reference cycle: only the collector frees it
+        answerer.cycle = [answerer]  # type: ignore[union-attr]
+        del answerer
+        publish(models, versions.b)
+        assert store.refresh().ok and store.version == versions.b
+        # ...yet a replaced version is not kept for good
+        assert old() is None
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+
+
+def test_a_version_is_asked_a_question_before_it_serves(versions, tmp_path, monkeypatch):  # noqa: F811
+    models = tmp_path / "models"
+    shutil.copytree(versions.models, models)
+    store = ModelStore(ServingSettings(models_dir=models, reload_interval_s=0, freeze_gc=False))
+    assert store.refresh().ok and store.version == versions.a
+    # what a version builds on first use is built while it loads, not by the first requests
+    als = store.answerer.bundle.als  # type: ignore[union-attr]
+    assert getattr(als, "_item_norms", None) is not None and getattr(als, "_yty", None) is not None
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("cannot answer")
+
+    monkeypatch.setattr(Answerer, "for_customer", broken)
+    publish(models, versions.b)
+    event = store.refresh()
+    # a version that cannot answer is refused like a damaged one; the old one serves on
+    assert not event.ok and "cannot answer" in event.message
+    assert store.version == versions.a

@@ -528,7 +528,8 @@ class Server:
         self.port = free_port()
         # BLAS threads are left to the app to pin (serving/__main__.py and create_app).
         env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-        env.update({"PYTHONPATH": str(ROOT), "ENCORE_RELOAD_INTERVAL_S": "0"})
+        # hot-reload polling stays on as `encore serve` runs it (a poll costs ~15 us)
+        env["PYTHONPATH"] = str(ROOT)
         self.log = tempfile.TemporaryFile()
         cmd = [
             sys.executable, "-m", "serving", "--models-dir", str(models_dir),

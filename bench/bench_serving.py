@@ -458,10 +458,10 @@ def tree_cpu(pid: int) -> float:
     return sum((int(f[11]) + int(f[12])) / tick for f in process_tree(pid).values())
 
 
-def tree_waited(pid: int) -> tuple[float, float]:
-    """Seconds the threads of ``pid`` and its descendants ran and waited for a core
-    (``/proc/<pid>/task/<tid>/schedstat``)."""
-    ran = waited = 0.0
+def tree_sched(pid: int) -> dict[str, tuple[float, float]]:
+    """Seconds each thread of ``pid`` and its descendants ran and waited for a core
+    (``/proc/<pid>/task/<tid>/schedstat``), by thread."""
+    out = {}
     for p in process_tree(pid):
         try:
             tasks = os.listdir(f"/proc/{p}/task")
@@ -472,8 +472,18 @@ def tree_waited(pid: int) -> tuple[float, float]:
                 f = Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()
             except OSError:
                 continue
-            ran, waited = ran + int(f[0]) / 1e9, waited + int(f[1]) / 1e9
-    return ran, waited
+            out[t] = (int(f[0]) / 1e9, int(f[1]) / 1e9)
+    return out
+
+
+def waited_share(before: dict[str, tuple[float, float]], after: dict) -> float:
+    """Share of the threads' runnable time between two :func:`tree_sched` samples
+    spent waiting for a core (threads that ended meanwhile are left out)."""
+    ran = waited = 0.0
+    for t, (r1, w1) in after.items():
+        r0, w0 = before.get(t, (0.0, 0.0))
+        ran, waited = ran + r1 - r0, waited + w1 - w0
+    return waited / max(ran + waited, 1e-9)
 
 
 def machine_busy() -> float:
@@ -612,7 +622,7 @@ def drive(
         "requests": requests,
     }
     cpu0, busy0, t0 = tree_cpu(server.proc.pid), machine_busy(), time.perf_counter()
-    sched0, kids0 = tree_waited(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    sched0, kids0 = tree_sched(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg, f)
     proc = subprocess.Popen(
@@ -627,7 +637,7 @@ def drive(
     out, err = proc.communicate(timeout=args.warmup + duration + 300)
     os.unlink(f.name)
     cpu1, busy1, t1 = tree_cpu(server.proc.pid), machine_busy(), time.perf_counter()
-    sched1, kids1 = tree_waited(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    sched1, kids1 = tree_sched(server.proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit("load generator failed:\n" + err[-3000:])
     res = json.loads(out.strip().splitlines()[-1])
@@ -639,8 +649,7 @@ def drive(
     # spent waiting for a core: high when the cores were full, whoever filled them
     gen = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     res["others"] = max(busy1 - busy0 - (cpu1 - cpu0) - gen, 0.0) / (t1 - t0)
-    ran, waited = sched1[0] - sched0[0], sched1[1] - sched0[1]
-    res["waited"] = waited / max(ran + waited, 1e-9)
+    res["waited"] = waited_share(sched0, sched1)
     res["duration"] = duration
     return res
 

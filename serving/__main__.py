@@ -55,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers == 1:
         uvicorn.Server(config).run()
         return 0
-    import socket
-
     from uvicorn.supervisors import Multiprocess
+
+    from serving.workers import SpreadWorkers, bind_sockets, spreads_connections
+
+    if spreads_connections():
+        # one socket per worker, so that connections are spread over the workers
+        # rather than taken in bursts by whichever wakes first (serving/workers.py)
+        SpreadWorkers(config, bind_sockets(args.host, args.port, args.workers)).run()
+        return 0
+    import socket
 
     # uvicorn binds the workers' shared listener with proto 0, so accepted
     # connections never get TCP_NODELAY and a keep-alive response waits ~40 ms

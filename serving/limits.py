@@ -12,7 +12,9 @@ A pure ASGI middleware, so it runs before FastAPI parses anything:
 * a request that has not started its response within ``deadline_s`` is
   answered with 503. Python cannot stop the worker thread of a synchronous
   route, so its work runs on to the end, but the client is not kept waiting,
-  and the per-request bounds of the routes keep that work small.
+  and the per-request bounds of the routes keep that work small. Routes that
+  answer on the event loop (one customer's recommendations, a few
+  milliseconds at worst) finish before the deadline can be noticed.
 """
 
 from __future__ import annotations

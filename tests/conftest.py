@@ -1,7 +1,15 @@
 """Fixtures shared by several test modules."""
 
+import os
+
 import pytest
 from threadpoolctl import threadpool_limits
+
+# A serving worker freezes the objects alive after each version loads (one full
+# collection per load, ~30 ms there); in the test session, which loads versions
+# hundreds of times in a far larger heap, that added ~20 s. tests/test_load.py
+# turns it on where it is tested.
+os.environ.setdefault("ENCORE_FREEZE_GC", "0")
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,30 @@ The app runs under uvicorn on 127.0.0.1 (an ephemeral port) while sixteen
 keep-alive clients send a bounded number of requests; midway a new version is
 published. Every answer must be a 200 from one of the two versions, and no
 request may take as long as the server's deadline. Loopback only, bounded in
-count and time, and it stops by itself.
+count and time, and it stops by itself. The listening sockets of several
+workers split a burst of new connections between them.
 """
 
 from __future__ import annotations
 
+import gc
 import shutil
+import socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import uvicorn
 
+from recommender.answers import Answerer
 from recommender.store.artifacts import publish
 from serving.app import create_app
 from serving.settings import ServingSettings
+from serving.state import ModelStore
+from serving.workers import bind_sockets, spreads_connections
 from tests.test_hot_reload import Versions, versions  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("thread_limits_restored")
@@ -101,3 +108,81 @@ def test_a_burst_across_a_hot_swap_gets_no_error_and_no_slow_answer(versions, tm
     assert swapped.is_set()
     slowest = max(t for _, _, t in results)
     assert slowest < DEADLINE_S, slowest
+
+
+@pytest.mark.skipif(not spreads_connections(), reason="SO_REUSEPORT spreads connections on Linux")
+def test_the_workers_sockets_share_the_address_and_split_a_burst_of_connections():
+    # what `encore serve --workers 2` binds: one listening socket per worker
+    socks = bind_sockets("127.0.0.1", 0, 2)
+    clients = []
+    try:
+        assert len({s.getsockname() for s in socks}) == 1
+        for s in socks:
+            s.listen(128)
+            s.setblocking(False)
+        # a burst, as a frontend opens its keep-alive pool; each connection is
+        # queued on one socket, so each worker accepts only its share
+        for _ in range(64):
+            clients.append(socket.create_connection(socks[0].getsockname(), timeout=5))
+        accepted = [0, 0]
+        deadline = time.monotonic() + 5
+        while sum(accepted) < 64 and time.monotonic() < deadline:
+            for i, s in enumerate(socks):
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    continue
+                conn.close()
+                accepted[i] += 1
+        assert sum(accepted) == 64
+        # a hash of the addresses: 64 connections all on one socket would be a 2**-63 chance
+        assert min(accepted) >= 8, accepted
+    finally:
+        for c in clients:
+            c.close()
+        for s in socks:
+            s.close()
+
+
+def test_each_load_collects_once_then_freezes_and_frees_the_replaced_version(
+    versions,  # noqa: F811
+    tmp_path,
+):
+    models = tmp_path / "models"
+    shutil.copytree(versions.models, models)
+    store = ModelStore(ServingSettings(models_dir=models, reload_interval_s=0, freeze_gc=True))
+    try:
+        assert store.refresh().ok and store.version == versions.a
+        # the libraries and the version are out of the collector's sight...
+        assert gc.get_freeze_count() > 10_000
+        answerer = store.answerer
+        old = weakref.ref(answerer)
+        # a version whose objects form a reference cycle: only the collector frees it
+        answerer.cycle = [answerer]  # type: ignore[union-attr]
+        del answerer
+        publish(models, versions.b)
+        assert store.refresh().ok and store.version == versions.b
+        # ...yet a replaced version is not kept for good
+        assert old() is None
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+
+
+def test_a_version_is_asked_a_question_before_it_serves(versions, tmp_path, monkeypatch):  # noqa: F811
+    models = tmp_path / "models"
+    shutil.copytree(versions.models, models)
+    store = ModelStore(ServingSettings(models_dir=models, reload_interval_s=0, freeze_gc=False))
+    assert store.refresh().ok and store.version == versions.a
+    # what a version builds on first use is built while it loads, not by the first requests
+    als = store.answerer.bundle.als  # type: ignore[union-attr]
+    assert getattr(als, "_item_norms", None) is not None and getattr(als, "_yty", None) is not None
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("cannot answer")
+
+    monkeypatch.setattr(Answerer, "for_customer", broken)
+    publish(models, versions.b)
+    event = store.refresh()
+    # a version that cannot answer is refused like a damaged one; the old one serves on
+    assert not event.ok and "cannot answer" in event.message
+    assert store.version == versions.a

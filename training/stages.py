@@ -401,9 +401,7 @@ def fit_ranking(
         # The ranker learns from features as of one window before the
         # evaluation window, ALS's among them: that model is fitted first,
         # and the one judged on the window is warm-started from it (as the
-        # published one is from the judged one), so the chain costs one fit:
-        # the judged model has as many sweeps as without the ranker, and the
-        # whole chain as many as --iterations.
+        # published one is from the judged one), so the chain costs one fit.
         start = data.eval_cut - pd.Timedelta(days=cfg.eval_days)
         seen = rows_in_time_range(data.frame, None, start)
         if len(seen):
@@ -412,7 +410,7 @@ def fit_ranking(
                     ranking.weighted_matrix(seen, data.customers, data.items, chosen, now=start),
                     chosen,
                     cfg.seed,
-                    iterations=max(1, chosen.history_iterations - chosen.refit_iterations),
+                    iterations=chosen.history_iterations,
                     show_progress=show_progress,
                 )
     with run.step("fit ALS on the history before the window"):

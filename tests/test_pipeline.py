@@ -493,3 +493,16 @@ def test_split_from_the_whole_log_counts_is_the_same(shop):
         assert (a.counts != b.counts).nnz == 0 and (a.relevant != b.relevant).nnz == 0
         assert b.counts.has_sorted_indices and b.counts.dtype == np.float32
         np.testing.assert_array_equal(a.users, b.users)
+
+
+def test_a_ranker_that_cannot_be_trained_leaves_als_served(log_path, tmp_path, monkeypatch):
+    """A weekly run must not die of its ranker: it warns and serves ALS's list."""
+
+    def broken(**_kw):
+        raise RuntimeError("LightGBM could not build its dataset")
+
+    monkeypatch.setattr("training.stages.fit_two_stage", broken)
+    result = train(log_path, models_dir=tmp_path, config=fast_config(), say=quiet)
+    assert result.published and result.manifest["serving"]["list"] == "als"
+    assert any("two-stage ranker not trained" in w for w in result.warnings)
+    assert not result.manifest["components"]["ranker"]

@@ -494,8 +494,10 @@ def fit_ranker(
                 cfg=cfg,
                 say=run.say,
             )
-        except (ValueError, RuntimeError) as exc:
-            run.warn(f"two-stage ranker not trained ({exc}); serving ALS")
+        except Exception as exc:  # noqa: BLE001 - a weekly run must not die of its ranker
+            run.warn(
+                f"two-stage ranker not trained ({type(exc).__name__}: {exc}); serving ALS's list"
+            )
             return ranked
     metrics = {
         **ranked.metrics,

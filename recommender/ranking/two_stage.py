@@ -279,26 +279,29 @@ def build_training_set(stage: StageModels, rows: np.ndarray, window: sp.csr_matr
     a query without a relevant row gives lambdarank no gradient.
     """
     cfg = stage.config
-    xs, ys, gs, rs = [], [], [], []
+    sets = []
     for start in range(0, len(rows), cfg.block_size):
         block = np.asarray(rows[start : start + cfg.block_size], dtype=np.int64)
         cands = stage.candidates(block)
-        y = _labels_of(cands, window, cfg)
-        sizes = cands.group_sizes()
-        positive = np.add.reduceat(y > 0, np.r_[0, np.cumsum(sizes)[:-1]]) > 0
-        positive &= sizes > 0
-        keep_rows = np.repeat(positive, sizes)
-        x = stage.features(cands)
-        xs.append(x[keep_rows])
-        ys.append(y[keep_rows])
-        gs.append(sizes[positive])
-        rs.append(block[positive])
-    if not xs:
-        empty = np.zeros((0, len(FEATURES)), dtype=np.float32)
-        return TrainingSet(empty, np.zeros(0, np.int32), np.zeros(0, np.int64), rows[:0])
-    return TrainingSet(
-        np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(rs)
-    )
+        sets.append(_labelled(block, cands, stage.features(cands), window, cfg))
+    return _concat(sets)
+
+
+def _labelled(
+    block: np.ndarray,
+    cands: Candidates,
+    x: np.ndarray,
+    window: sp.csr_matrix,
+    cfg: TwoStageConfig,
+) -> TrainingSet:
+    """The feature rows ``x`` of a block's candidates with their labels from
+    ``window``, for the customers with at least one bought candidate."""
+    y = _labels_of(cands, window, cfg)
+    sizes = cands.group_sizes()
+    positive = np.add.reduceat(y > 0, np.r_[0, np.cumsum(sizes)[:-1]]) > 0
+    positive &= sizes > 0
+    keep_rows = np.repeat(positive, sizes)
+    return TrainingSet(x[keep_rows], y[keep_rows], sizes[positive], block[positive])
 
 
 def train_ranker(
@@ -480,25 +483,13 @@ def rank_for_judging(
     lists = np.full((rows.size, k), -1, dtype=np.int32)
     explore = np.full((rows.size, k), -1, dtype=np.int32)
     none = np.full(n_items, -np.inf, dtype=np.float32)
-    history = stage.snapshot.history_rows(rows)
-    rel = sp.csr_matrix(relevant[rows])
-    repeat, new = split_relevant(rel, history)
-    found = {"all": 0.0, "repeat": 0.0, "new": 0.0}
-    total = {"all": 0.0, "repeat": 0.0, "new": 0.0}
-    n_cands = 0
-    xs, ys, gs, rs = [], [], [], []
+    tally = _RecallTally(stage, rows, relevant)
+    sets = []
     for start in range(0, rows.size, stage.config.block_size):
         block = rows[start : start + stage.config.block_size]
         cands, x, scores = score_candidates(stage, ranker, block)
-        y = _labels_of(cands, relevant, stage.config)
-        sizes = cands.group_sizes()
-        positive = np.add.reduceat(y > 0, np.r_[0, np.cumsum(sizes)[:-1]]) > 0
-        positive &= sizes > 0
-        keep_rows = np.repeat(positive, sizes)
-        xs.append(x[keep_rows])
-        ys.append(y[keep_rows])
-        gs.append(sizes[positive])
-        rs.append(block[positive])
+        sets.append(_labelled(block, cands, x, relevant, stage.config))
+        tally.add(start, cands)
         m = cands.matrix
         local = np.repeat(np.arange(block.size), np.diff(m.indptr))
         for out, keep in (
@@ -509,21 +500,7 @@ def rank_for_judging(
                 (scores[keep], (local[keep], m.indices[keep])), shape=(block.size, n_items)
             )
             out[start : start + block.size] = top_k_sparse(entries, none, k)[0]
-        member = sp.csr_matrix(m, dtype=np.float32)
-        member.data[:] = 1.0
-        n_cands += member.nnz
-        for name, part in (("all", rel), ("repeat", repeat), ("new", new)):
-            sub = sp.csr_matrix(part[start : start + block.size])
-            sub.data[:] = 1.0
-            found[name] += float(sub.multiply(member).sum())
-            total[name] += float(sub.sum())
-    recall: dict[str, float | None] = {
-        f"candidate_recall_{name}": (found[name] / total[name] if total[name] else None)
-        for name in found
-    }
-    recall["candidates_per_customer"] = n_cands / max(rows.size, 1)
-    labelled = _concat([TrainingSet(*parts) for parts in zip(xs, ys, gs, rs, strict=True)])
-    return lists, explore, recall, labelled
+    return lists, explore, tally.result(), _concat(sets)
 
 
 def fit_baselines(lines: PurchaseLines, stage: StageModels) -> dict[str, Recommender]:
@@ -549,34 +526,51 @@ def fit_baselines(lines: PurchaseLines, stage: StageModels) -> dict[str, Recomme
     return models
 
 
+class _RecallTally:
+    """Counts, block by block, the window's purchases that the candidates hold
+    (over all pairs, and over repeat and new items) and the candidates."""
+
+    def __init__(self, stage: StageModels, rows: np.ndarray, relevant: sp.csr_matrix) -> None:
+        self.rel = sp.csr_matrix(relevant[rows])
+        self.repeat, self.new = split_relevant(self.rel, stage.snapshot.history_rows(rows))
+        self.found = {"all": 0.0, "repeat": 0.0, "new": 0.0}
+        self.total = {"all": 0.0, "repeat": 0.0, "new": 0.0}
+        self.n_cands = 0
+        self.n_rows = len(rows)
+
+    def add(self, start: int, cands: Candidates) -> None:
+        """The candidates of the rows from position ``start`` on."""
+        member = sp.csr_matrix(cands.matrix, dtype=np.float32)
+        member.data[:] = 1.0
+        self.n_cands += member.nnz
+        end = start + member.shape[0]
+        for name, part in (("all", self.rel), ("repeat", self.repeat), ("new", self.new)):
+            sub = sp.csr_matrix(part[start:end])
+            sub.data[:] = 1.0
+            self.found[name] += float(sub.multiply(member).sum())
+            self.total[name] += float(sub.sum())
+
+    def result(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {
+            f"candidate_recall_{name}": (
+                self.found[name] / self.total[name] if self.total[name] else None
+            )
+            for name in self.found
+        }
+        out["candidates_per_customer"] = self.n_cands / max(self.n_rows, 1)
+        return out
+
+
 def candidate_recall(
     stage: StageModels, rows: np.ndarray, relevant: sp.csr_matrix
 ) -> dict[str, float | None]:
     """Share of the window's (customer, item) purchases that the candidates hold:
     over all pairs, and over repeat and new items; plus candidates per customer."""
-    history = stage.snapshot.history_rows(rows)
-    rel = sp.csr_matrix(relevant[rows])
-    repeat, new = split_relevant(rel, history)
-    found = {"all": 0.0, "repeat": 0.0, "new": 0.0}
-    total = {"all": 0.0, "repeat": 0.0, "new": 0.0}
-    n_cands = 0
+    tally = _RecallTally(stage, rows, relevant)
     block = stage.config.block_size
-    for start in range(0, rows.size, block):
-        cands = stage.candidates(rows[start : start + block])
-        member = sp.csr_matrix(cands.matrix, dtype=np.float32)
-        member.data[:] = 1.0
-        n_cands += member.nnz
-        for name, part in (("all", rel), ("repeat", repeat), ("new", new)):
-            sub = sp.csr_matrix(part[start : start + block])
-            sub.data[:] = 1.0
-            found[name] += float(sub.multiply(member).sum())
-            total[name] += float(sub.sum())
-    out: dict[str, float | None] = {
-        f"candidate_recall_{name}": (found[name] / total[name] if total[name] else None)
-        for name in found
-    }
-    out["candidates_per_customer"] = n_cands / max(rows.size, 1)
-    return out
+    for start in range(0, len(rows), block):
+        tally.add(start, stage.candidates(rows[start : start + block]))
+    return tally.result()
 
 
 @dataclass

@@ -206,7 +206,8 @@ def fit_stage(
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     past = lines.before(cutoff)
-    snapshot = build_snapshot(past, cutoff, recent_days=config.window_days)
+    # the whole lines: their purchase days are sorted once for every cutoff
+    snapshot = build_snapshot(lines, cutoff, recent_days=config.window_days)
     seconds["snapshot"] = time.perf_counter() - t
     counts = past.line_matrix()
     knn: ItemKNNRecommender | None = None

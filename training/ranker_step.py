@@ -20,6 +20,8 @@ cutoffs and fits (``W`` is the evaluation window's length):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +37,14 @@ from recommender.ranking.ltr import LTRRanker
 from recommender.ranking.metrics import evaluate_rankings, split_relevant
 from recommender.ranking.repeat_baselines import Baskets, PTopFreqRecommender, TIFUKNNRecommender
 from recommender.ranking.two_stage import (
+    JudgingPass,
     StageModels,
     TrainingSet,
     TwoStageConfig,
     fit_stage,
+    judging_pass,
     rank_customers,
-    rank_for_judging,
+    rank_judged,
     train_ranker,
 )
 from recommender.timing.repurchase import RepurchaseModel
@@ -128,37 +132,98 @@ def fit_two_stage(
         ranker={"learning_rate": 0.1, "early_stopping_rounds": 15},
         seed=cfg.seed,
     )
+
+    def fit_at(day: int) -> StageModels:
+        als = None
+        rep = None
+        if day == cut_day:
+            als = ranked.judged
+        elif day == cut_day - w and ranked.earlier is not None:
+            als = ranked.earlier
+        elif day == end_day:
+            als, rep = ranked.model, repurchase
+        else:
+            als = _als_before(frame, customers, items, ranked.config, day, cfg.seed)
+        return fit_stage(lines, day, tcfg, als=als, repurchase=rep)
+
+    # The stage as of the evaluation cut, the judged customers' candidates and
+    # features there, and the stage as of the end of the log do not depend on
+    # the ranker: one thread builds them, in that order, while this one builds
+    # the training set and trains (the steps here are single-threaded numpy
+    # and LightGBM, and a machine has a second core).
+    _ = lines.purchase_days  # sorted once, before two threads read them
+    rows = np.asarray(window.users, dtype=np.int64)
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="encore-stage")
+    jobs: dict[int, Future[StageModels]] = {cut_day: ahead.submit(fit_at, cut_day)}
+    judging = ahead.submit(lambda: judging_pass(jobs[cut_day].result(), rows, window.relevant))
+    jobs[end_day] = ahead.submit(fit_at, end_day)
     cache: dict[int, StageModels] = {}
 
     def stage_at(day: int) -> StageModels:
         if day not in cache:
-            als = None
-            rep = None
-            if day == cut_day:
-                als = ranked.judged
-            elif day == cut_day - w and ranked.earlier is not None:
-                als = ranked.earlier
-            elif day == end_day:
-                als, rep = ranked.model, repurchase
-            else:
-                als = _als_before(frame, customers, items, ranked.config, day, cfg.seed)
-            cache[day] = fit_stage(lines, day, tcfg, als=als, repurchase=rep)
+            cache[day] = jobs[day].result() if day in jobs else fit_at(day)
         return cache[day]
 
+    try:
+        return _train_judge_choose(
+            lines=lines,
+            stage_at=stage_at,
+            judging=judging,
+            tcfg=tcfg,
+            cut_day=cut_day,
+            end_day=end_day,
+            window=window,
+            ranked=ranked,
+            purchases=purchases,
+            customers=customers,
+            items=items,
+            baseline_metrics=baseline_metrics,
+            cfg=cfg,
+            say=say,
+            seconds=seconds,
+            started=t,
+        )
+    finally:
+        # a job not needed (the ranker serves nothing) is dropped, a running one waited for
+        ahead.shutdown(wait=True, cancel_futures=True)
+        cache.clear()
+
+
+def _train_judge_choose(
+    *,
+    lines: PurchaseLines,
+    stage_at: Callable[[int], StageModels],
+    judging: Future[JudgingPass],
+    tcfg: TwoStageConfig,
+    cut_day: int,
+    end_day: int,
+    window: ranking.Split,
+    ranked: Any,
+    purchases: pd.DataFrame,
+    customers: Any,
+    items: Any,
+    baseline_metrics: dict[str, dict[str, Any]],
+    cfg: TrainConfig,
+    say: Any,
+    seconds: dict[str, float],
+    started: float,
+) -> RankerResult:
+    """The steps of :func:`fit_two_stage` once its stages can be had."""
+    w = tcfg.window_days
+    t = started
     seconds["lines"] = time.perf_counter() - t
     t = time.perf_counter()
     judged_ranker, train_set, _, _ = train_ranker(lines, cut_day - w, tcfg, stage_at=stage_at)
     seconds["train_judged"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stage_cut = stage_at(cut_day)
-    rows = np.asarray(window.users, dtype=np.int64)
+    judged = judging.result()
+    rows = judged.rows
     k = max(K_NDCG, K_RECALL, K_MAP)
-    lists, explore_lists, recall, labelled = rank_for_judging(
-        stage_cut, judged_ranker, rows, window.relevant, k
-    )
-    rel, hist = window.relevant[rows], window.counts[rows]
     n_items = len(items)
+    lists, explore_lists = rank_judged(judged, judged_ranker, n_items, k)
+    recall, labelled = judged.recall, judged.labelled
+    rel, hist = window.relevant[rows], window.counts[rows]
     figures = evaluate_rankings(
         lists, rel, hist, n_items, k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP
     )
@@ -219,7 +284,6 @@ def fit_two_stage(
             cands = stage_end.candidates(probe_rows)
             x = stage_end.features(cands)
             result.probe = x[:: max(1, len(x) // 16)][:16]
-    cache.clear()
     n_customers = len(customers)
     if cfg.top_n > 0 and serve != "als" and serve != "popularity":
         if n_customers <= cfg.ranker_table_max_customers:

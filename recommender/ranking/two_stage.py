@@ -78,7 +78,10 @@ __all__ = [
     "judge",
     "judged_customers",
     "rank_among",
+    "JudgingPass",
+    "judging_pass",
     "rank_for_judging",
+    "rank_judged",
     "rank_customers",
     "score_candidates",
     "stage_from_state",
@@ -464,6 +467,68 @@ def rank_among(
 # -- judging -------------------------------------------------------------------
 
 
+@dataclass
+class JudgingPass:
+    """The candidates and features of the customers a ranker is judged on,
+    computed once and before any ranker exists (they do not depend on it):
+    see :func:`judging_pass`."""
+
+    rows: np.ndarray
+    blocks: list[tuple[Candidates, np.ndarray]]
+    """Each block's candidates and their feature rows, in the order of ``rows``."""
+    recall: dict[str, float | None]
+    """:func:`candidate_recall` of the pass."""
+    labelled: TrainingSet
+    """The features with labels from the judged window (as
+    :func:`build_training_set` builds them)."""
+
+
+def judging_pass(stage: StageModels, rows: np.ndarray, relevant: sp.csr_matrix) -> JudgingPass:
+    """One pass over the candidates of ``rows`` for a judgement on ``relevant``
+    (customers x items of the judged window): features, candidate recall, and
+    the pass's features with their labels: the judged window's purchases are
+    the labels a ranker for publishing learns from."""
+    rows = np.asarray(rows, dtype=np.int64)
+    tally = _RecallTally(stage, rows, relevant)
+    blocks, sets = [], []
+    for start in range(0, rows.size, stage.config.block_size):
+        block = rows[start : start + stage.config.block_size]
+        cands = stage.candidates(block)
+        x = stage.features(cands)
+        sets.append(_labelled(block, cands, x, relevant, stage.config))
+        tally.add(start, cands)
+        blocks.append((cands, x))
+    return JudgingPass(rows, blocks, tally.result(), _concat(sets))
+
+
+def rank_judged(
+    judging: JudgingPass, ranker: LTRRanker, n_items: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ranked lists of a :class:`JudgingPass` (as :func:`rank_customers`)
+    and its explore-only lists (``exclude_history=True``)."""
+    rows = judging.rows
+    k = min(k, n_items)
+    lists = np.full((rows.size, k), -1, dtype=np.int32)
+    explore = np.full((rows.size, k), -1, dtype=np.int32)
+    none = np.full(n_items, -np.inf, dtype=np.float32)
+    start = 0
+    for cands, x in judging.blocks:
+        size = cands.rows.size
+        scores = ranker.predict(x).astype(np.float32)
+        m = cands.matrix
+        local = np.repeat(np.arange(size), np.diff(m.indptr))
+        for out, keep in (
+            (lists, np.ones(m.nnz, dtype=bool)),
+            (explore, ~(x[:, PAIR_DAYS] > 0)),
+        ):
+            entries = sp.csr_matrix(
+                (scores[keep], (local[keep], m.indices[keep])), shape=(size, n_items)
+            )
+            out[start : start + size] = top_k_sparse(entries, none, k)[0]
+        start += size
+    return lists, explore
+
+
 def rank_for_judging(
     stage: StageModels,
     ranker: LTRRanker,
@@ -471,37 +536,11 @@ def rank_for_judging(
     relevant: sp.csr_matrix,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float | None], TrainingSet]:
-    """One pass over the candidates of ``rows`` for a judgement: the ranked
-    lists (as :func:`rank_customers`), the explore-only lists
-    (``exclude_history=True``), :func:`candidate_recall` on ``relevant``
-    (customers x items of the judged window), and the pass's features with
-    labels from ``relevant`` as a :class:`TrainingSet` (as
-    :func:`build_training_set` builds it): the judged window's purchases are
-    the labels a ranker for publishing learns from."""
-    rows = np.asarray(rows, dtype=np.int64)
-    n_items = stage.snapshot.n_items
-    k = min(k, n_items)
-    lists = np.full((rows.size, k), -1, dtype=np.int32)
-    explore = np.full((rows.size, k), -1, dtype=np.int32)
-    none = np.full(n_items, -np.inf, dtype=np.float32)
-    tally = _RecallTally(stage, rows, relevant)
-    sets = []
-    for start in range(0, rows.size, stage.config.block_size):
-        block = rows[start : start + stage.config.block_size]
-        cands, x, scores = score_candidates(stage, ranker, block)
-        sets.append(_labelled(block, cands, x, relevant, stage.config))
-        tally.add(start, cands)
-        m = cands.matrix
-        local = np.repeat(np.arange(block.size), np.diff(m.indptr))
-        for out, keep in (
-            (lists, np.ones(m.nnz, dtype=bool)),
-            (explore, ~(x[:, PAIR_DAYS] > 0)),
-        ):
-            entries = sp.csr_matrix(
-                (scores[keep], (local[keep], m.indices[keep])), shape=(block.size, n_items)
-            )
-            out[start : start + block.size] = top_k_sparse(entries, none, k)[0]
-    return lists, explore, tally.result(), _concat(sets)
+    """:func:`judging_pass` and :func:`rank_judged` in one call: the ranked and
+    explore-only lists, the candidate recall and the labelled features."""
+    judging = judging_pass(stage, rows, relevant)
+    lists, explore = rank_judged(judging, ranker, stage.snapshot.n_items, k)
+    return lists, explore, judging.recall, judging.labelled
 
 
 def fit_baselines(lines: PurchaseLines, stage: StageModels) -> dict[str, Recommender]:

@@ -152,8 +152,9 @@ def generate_candidates(
 
     knn_scores: sp.csr_matrix | None = None
     if knn is not None:
-        assert knn.similarity_ is not None
-        knn_scores = sp.csr_matrix(dec_rows @ knn.similarity_.T, dtype=np.float32)
+        # the transposed similarity kept as CSR: a CSC operand would be
+        # converted on every block
+        knn_scores = sp.csr_matrix(dec_rows @ _similarity_t(knn), dtype=np.float32)
         knn_scores.sum_duplicates()
         if cfg.n_knn > 0 and knn_scores.nnz:
             picked, _ = top_k_sparse(knn_scores, none, cfg.n_knn, exclude=hist_rows)

@@ -247,6 +247,21 @@ def test_single_customer_candidates_equal_the_batch(stage) -> None:
         np.testing.assert_allclose(one.knn_score, batch.knn_score[lo:hi], rtol=1e-5)
 
 
+def test_a_training_set_built_in_threads_is_the_same(shop: PurchaseLines, stage) -> None:
+    labels = window_labels(shop, DAYS - WINDOW, DAYS)
+    rows = np.arange(shop.n_customers)
+    one = build_training_set(stage, rows, labels)
+    threaded = dataclasses.replace(
+        stage, config=dataclasses.replace(CONFIG, block_size=37, build_threads=3)
+    )
+    many = build_training_set(threaded, rows, labels)
+    assert one.groups.size > 10 and int(one.labels.sum()) > 0
+    np.testing.assert_array_equal(one.rows, many.rows)
+    np.testing.assert_array_equal(one.groups, many.groups)
+    np.testing.assert_array_equal(one.labels, many.labels)
+    np.testing.assert_array_equal(one.features, many.features)
+
+
 def test_unknown_customer_gets_popular_candidates(stage) -> None:
     cands = stage.candidates(np.array([10**6]))
     assert cands.matrix.nnz >= 10

@@ -122,6 +122,8 @@ def fit_two_stage(
     tcfg = TwoStageConfig(
         window_days=w,
         max_train_customers=cfg.ranker_train_customers,
+        # the training set's blocks take the cores the stage thread leaves idle
+        build_threads=ranking.ranking_workers(),
         # the buy-again feature is served from the version's own model: without
         # one (timing off, or no item rebought) the ranker learns without it
         use_repurchase=timing_on and repurchase is not None,

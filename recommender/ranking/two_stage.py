@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,6 +125,9 @@ class TwoStageConfig:
     """Cap of the graded label."""
     block_size: int = 2048
     """Customers per block of candidates and features."""
+    build_threads: int = 1
+    """Blocks of a training set built side by side (BLAS held to one thread
+    each); the rows are the same in any case."""
     use_repurchase: bool = True
     """Fit the buy-again model for the ``buy_again_p`` feature."""
     use_timing: bool = False
@@ -151,9 +155,13 @@ class TwoStageConfig:
     def __post_init__(self) -> None:
         if self.label not in ("days", "binary"):
             raise ValueError("label must be 'days' or 'binary'")
-        if min(self.window_days, self.block_size, self.max_label, self.train_windows) < 1:
+        if (
+            min(self.window_days, self.block_size, self.max_label, self.train_windows) < 1
+            or self.build_threads < 1
+        ):
             raise ValueError(
-                "window_days, block_size, max_label and train_windows must be positive"
+                "window_days, block_size, max_label, train_windows and build_threads "
+                "must be positive"
             )
         if not 0.0 < self.valid_share < 1.0:
             raise ValueError("valid_share must lie in (0, 1)")
@@ -283,12 +291,19 @@ def build_training_set(stage: StageModels, rows: np.ndarray, window: sp.csr_matr
     a query without a relevant row gives lambdarank no gradient.
     """
     cfg = stage.config
-    sets = []
-    for start in range(0, len(rows), cfg.block_size):
+
+    def block_set(start: int) -> TrainingSet:
         block = np.asarray(rows[start : start + cfg.block_size], dtype=np.int64)
         cands = stage.candidates(block)
-        sets.append(_labelled(block, cands, stage.features(cands), window, cfg))
-    return _concat(sets)
+        return _labelled(block, cands, stage.features(cands), window, cfg)
+
+    starts = range(0, len(rows), cfg.block_size)
+    if cfg.build_threads > 1 and len(starts) > 1:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "blas"), ThreadPoolExecutor(cfg.build_threads) as pool:
+            return _concat(list(pool.map(block_set, starts)))
+    return _concat([block_set(start) for start in starts])
 
 
 def _labelled(

@@ -171,6 +171,7 @@ def fit_two_stage(
             lines=lines,
             stage_at=stage_at,
             judging=judging,
+            ahead=ahead,
             tcfg=tcfg,
             cut_day=cut_day,
             end_day=end_day,
@@ -196,6 +197,7 @@ def _train_judge_choose(
     lines: PurchaseLines,
     stage_at: Callable[[int], StageModels],
     judging: Future[JudgingPass],
+    ahead: ThreadPoolExecutor,
     tcfg: TwoStageConfig,
     cut_day: int,
     end_day: int,
@@ -217,6 +219,11 @@ def _train_judge_choose(
     t = time.perf_counter()
     judged_ranker, train_set, _, _ = train_ranker(lines, cut_day - w, tcfg, stage_at=stage_at)
     seconds["train_judged"] = time.perf_counter() - t
+    # trained on the stage thread beside the judgement, which alone tells
+    # whether it is needed
+    publishing = ahead.submit(
+        lambda: _publishing_ranker(judging.result().labelled, train_set, judged_ranker, tcfg)
+    )
 
     t = time.perf_counter()
     judged = judging.result()
@@ -224,7 +231,7 @@ def _train_judge_choose(
     k = max(K_NDCG, K_RECALL, K_MAP)
     n_items = len(items)
     lists, explore_lists = rank_judged(judged, judged_ranker, n_items, k)
-    recall, labelled = judged.recall, judged.labelled
+    recall = judged.recall
     rel, hist = window.relevant[rows], window.counts[rows]
     figures = evaluate_rankings(
         lists, rel, hist, n_items, k_ndcg=K_NDCG, k_recall=K_RECALL, k_map=K_MAP
@@ -277,7 +284,7 @@ def _train_judge_choose(
     }
     if serve == "ranker" or explore_list == "ranker":
         t = time.perf_counter()
-        published = _publishing_ranker(labelled, train_set, judged_ranker, tcfg)
+        published = publishing.result()
         stage_end = stage_at(end_day)
         seconds["train_published"] = time.perf_counter() - t
         result.ranker, result.stage = published, stage_end

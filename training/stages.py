@@ -15,9 +15,10 @@ import datetime as dt
 import importlib.metadata as md
 import platform
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -837,11 +838,13 @@ def write_and_verify(
     version = new_version_name()
     manifest.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     drawn: list[bytes | None] = []
+    drawing = threading.Lock()
 
     def plot_once() -> bytes | None:
-        if not drawn:
-            drawn.append(plot())
-        return drawn[0]
+        with drawing:  # asked for by the page's thread and by the writer
+            if not drawn:
+                drawn.append(plot())
+            return drawn[0]
 
     def html() -> bytes | None:
         if report is None:
@@ -871,28 +874,33 @@ def write_and_verify(
             run.warn(f"report.html not written: {type(exc).__name__}: {exc}")
             return None
 
-    path = save_bundle(
-        models_dir,
-        customers=data.customers,
-        items=data.items,
-        history=tables.history,
-        popularity=tables.popularity,
-        catalog=tables.catalog,
-        manifest=manifest,
-        als=als,
-        topn=topn,
-        timing=timing.timing,
-        repurchase=timing.repurchase,
-        spend=timing.spend,
-        health=health,
-        ranker=with_ranker,
-        version=version,
-        reports={
-            "timing_calibration.png": plot_once,
-            "report.html": html,
-            PURCHASES_FILE: lambda: purchase_log_bytes(data.purchases, len(data.customers)),
-        },
-    )
+    # The page and the purchase log are built from memory on a second thread
+    # while this one writes the arrays.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-pages") as pages:
+        page = pages.submit(html)
+        log = pages.submit(purchase_log_bytes, data.purchases, len(data.customers))
+        path = save_bundle(
+            models_dir,
+            customers=data.customers,
+            items=data.items,
+            history=tables.history,
+            popularity=tables.popularity,
+            catalog=tables.catalog,
+            manifest=manifest,
+            als=als,
+            topn=topn,
+            timing=timing.timing,
+            repurchase=timing.repurchase,
+            spend=timing.spend,
+            health=health,
+            ranker=with_ranker,
+            version=version,
+            reports={
+                "timing_calibration.png": plot_once,
+                "report.html": page.result,
+                PURCHASES_FILE: log.result,
+            },
+        )
     # The file hashes were taken from these very files a moment ago (and
     # serving checks them when it loads): hashing them again here would only
     # read the page cache twice.

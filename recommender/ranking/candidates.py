@@ -95,6 +95,16 @@ class Candidates:
         """Pairs per customer (LightGBM's query groups)."""
         return np.diff(self.matrix.indptr)
 
+    def take(self, keep: np.ndarray) -> Candidates:
+        """The candidates of the customers where the mask ``keep`` is true."""
+        pairs = np.repeat(keep, self.group_sizes())
+        return Candidates(
+            rows=self.rows[keep],
+            matrix=sp.csr_matrix(self.matrix[keep]),
+            als_score=self.als_score[pairs],
+            knn_score=self.knn_score[pairs],
+        )
+
 
 def _pairs_from_lists(items: np.ndarray, flag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(local row, item, flag) of every valid entry of ``-1``-padded lists."""

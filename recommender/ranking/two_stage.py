@@ -294,8 +294,8 @@ def build_training_set(stage: StageModels, rows: np.ndarray, window: sp.csr_matr
 
     def block_set(start: int) -> TrainingSet:
         block = np.asarray(rows[start : start + cfg.block_size], dtype=np.int64)
-        cands = stage.candidates(block)
-        return _labelled(block, cands, stage.features(cands), window, cfg)
+        # features for the customers who give the ranker a gradient only
+        return _labelled(block, stage.candidates(block), stage.features, window, cfg)
 
     starts = range(0, len(rows), cfg.block_size)
     if cfg.build_threads > 1 and len(starts) > 1:
@@ -309,18 +309,23 @@ def build_training_set(stage: StageModels, rows: np.ndarray, window: sp.csr_matr
 def _labelled(
     block: np.ndarray,
     cands: Candidates,
-    x: np.ndarray,
+    x: np.ndarray | Callable[[Candidates], np.ndarray],
     window: sp.csr_matrix,
     cfg: TwoStageConfig,
 ) -> TrainingSet:
-    """The feature rows ``x`` of a block's candidates with their labels from
-    ``window``, for the customers with at least one bought candidate."""
+    """The feature rows of a block's candidates with their labels from
+    ``window``, for the customers with at least one bought candidate.
+
+    ``x`` is the feature rows of every candidate, or the function that
+    computes them, which is then asked for the kept customers' rows only.
+    """
     y = _labels_of(cands, window, cfg)
     sizes = cands.group_sizes()
     positive = np.add.reduceat(y > 0, np.r_[0, np.cumsum(sizes)[:-1]]) > 0
     positive &= sizes > 0
     keep_rows = np.repeat(positive, sizes)
-    return TrainingSet(x[keep_rows], y[keep_rows], sizes[positive], block[positive])
+    kept = x(cands.take(positive)) if callable(x) else x[keep_rows]
+    return TrainingSet(kept, y[keep_rows], sizes[positive], block[positive])
 
 
 def train_ranker(

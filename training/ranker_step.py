@@ -138,15 +138,16 @@ def fit_two_stage(
     def fit_at(day: int) -> StageModels:
         als = None
         rep = None
+        knn = None
         if day == cut_day:
-            als = ranked.judged
+            als, knn = ranked.judged, _shared_knn(window, lines, day, tcfg)
         elif day == cut_day - w and ranked.earlier is not None:
             als = ranked.earlier
         elif day == end_day:
             als, rep = ranked.model, repurchase
         else:
             als = _als_before(frame, customers, items, ranked.config, day, cfg.seed)
-        return fit_stage(lines, day, tcfg, als=als, repurchase=rep)
+        return fit_stage(lines, day, tcfg, als=als, repurchase=rep, knn=knn)
 
     # The stage as of the evaluation cut, the judged customers' candidates and
     # features there, and the stage as of the end of the log do not depend on
@@ -328,6 +329,25 @@ def _publishing_ranker(
         np.concatenate([labelled.groups, earlier.groups]),
     )
     return ranker
+
+
+def _shared_knn(
+    window: ranking.Split, lines: PurchaseLines, day: int, tcfg: TwoStageConfig
+) -> ItemKNNRecommender | None:
+    """The item-kNN baseline's fit, when it learned from the very line counts
+    the stage as of ``day`` learns from (a log of purchases alone)."""
+    knn = window.item_knn
+    if knn is None or knn.k != tcfg.knn_neighbours:
+        return None
+    mine, theirs = lines.before(day).line_matrix(), window.counts
+    same = (
+        mine.shape == theirs.shape
+        and mine.nnz == theirs.nnz
+        and np.array_equal(mine.indptr, theirs.indptr)
+        and np.array_equal(mine.indices, theirs.indices)
+        and np.array_equal(mine.data, theirs.data)
+    )
+    return knn if same else None
 
 
 def _als_before(

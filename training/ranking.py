@@ -46,6 +46,9 @@ class Split:
     relevant: sp.csr_matrix
     users: np.ndarray
     cutoff: pd.Timestamp
+    item_knn: ItemKNNRecommender | None = None
+    """The item-kNN baseline fitted on ``counts`` (by :func:`evaluate_baselines`),
+    kept for the two-stage ranker's stage at the cutoff."""
 
     @property
     def n_users(self) -> int:
@@ -174,6 +177,8 @@ def evaluate_baselines(split: Split, *, tifu: bool = True) -> dict[str, dict[str
             model.fit(split.counts, baskets=baskets)
         else:
             model.fit(split.counts)
+        if isinstance(model, ItemKNNRecommender):
+            split.item_knn = model
         metrics = evaluate(model, split)
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
         out[model.name] = metrics

@@ -207,11 +207,13 @@ def fit_stage(
     *,
     als: ALSRecommender | None = None,
     repurchase: RepurchaseModel | None = None,
+    knn: ItemKNNRecommender | None = None,
 ) -> StageModels:
     """Snapshot, ALS, item-kNN and (optionally) the repurchase model as of ``cutoff``.
 
-    Only lines strictly before ``cutoff`` are read. ``als`` and ``repurchase``,
-    when given, must have been fitted on those lines (the training pipeline
+    Only lines strictly before ``cutoff`` are read. ``als``, ``repurchase``
+    and ``knn``, when given, must have been fitted on those lines (``knn`` on
+    their line counts with ``config.knn_neighbours``; the training pipeline
     shares its own fits); otherwise they are fitted here.
     """
     seconds: dict[str, float] = {}
@@ -221,18 +223,18 @@ def fit_stage(
     snapshot = build_snapshot(lines, cutoff, recent_days=config.window_days)
     seconds["snapshot"] = time.perf_counter() - t
     counts = past.line_matrix()
-    knn: ItemKNNRecommender | None = None
     if counts.nnz:
         if als is None:
             t = time.perf_counter()
             als = ALSRecommender(random_state=config.seed, num_threads=config.fit_threads)
             als.fit(apply_weighting(counts, "bm25"))
             seconds["als"] = time.perf_counter() - t
-        t = time.perf_counter()
-        knn = ItemKNNRecommender(k=config.knn_neighbours).fit(counts)
-        seconds["item_knn"] = time.perf_counter() - t
+        if knn is None:
+            t = time.perf_counter()
+            knn = ItemKNNRecommender(k=config.knn_neighbours).fit(counts)
+            seconds["item_knn"] = time.perf_counter() - t
     else:
-        als = None
+        als = knn = None
     if not config.use_repurchase:
         repurchase = None
     elif repurchase is None and len(past):

@@ -14,8 +14,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from recommender.errors import NotFittedError
+from recommender.ranking.baselines import ItemKNNRecommender
 from recommender.ranking.candidates import (
     ALS,
     CATEGORY,
@@ -526,3 +528,28 @@ def test_reasons_name_a_close_co_purchase_or_a_category_the_customer_buys(
                 words = p.reason.removeprefix("due to rebuy: ")
                 assert words.startswith(("you buy this about every", "you bought this once"))
     assert {"often", "you"} <= seen, seen
+
+
+def test_the_ranker_step_shares_the_item_knn_baseline_only_on_the_same_counts(
+    shop: PurchaseLines,
+) -> None:
+    from training import ranking
+    from training.ranker_step import _shared_knn
+
+    cut = DAYS - WINDOW
+    counts = shop.before(cut).line_matrix()
+    knn = ItemKNNRecommender(k=CONFIG.knn_neighbours).fit(counts)
+    empty = sp.csr_matrix(counts.shape, dtype=np.float32)
+
+    def split(c: sp.csr_matrix, fitted: ItemKNNRecommender | None) -> ranking.Split:
+        return ranking.Split(None, c, empty, np.arange(3), None, item_knn=fitted)  # type: ignore[arg-type]
+
+    assert _shared_knn(split(counts, knn), shop, cut, CONFIG) is knn
+    weighted = counts.copy()
+    weighted.data = weighted.data * 0.5  # a log whose rows are not all purchases of weight 1
+    assert _shared_knn(split(weighted, knn), shop, cut, CONFIG) is None
+    assert _shared_knn(split(counts, knn), shop, cut - 1, CONFIG) is None
+    assert (
+        _shared_knn(split(counts, ItemKNNRecommender(k=7).fit(counts)), shop, cut, CONFIG) is None
+    )
+    assert _shared_knn(split(counts, None), shop, cut, CONFIG) is None

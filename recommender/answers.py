@@ -238,12 +238,14 @@ class Answerer:
             self._item_category[rows] = self._category_number[name]
         self._category_rows: np.ndarray | None = None
         self._category_factors: np.ndarray | None = None
+        self._category_available = np.empty(0, dtype=bool)
         self._category_spans: dict[str, tuple[int, int]] = {}
         if self.search is not None and self.categories:
             assert als is not None and als.item_factors_ is not None
             by_category = np.concatenate(list(self.categories.values()))
             self._category_rows = by_category
             self._category_factors = np.ascontiguousarray(als.item_factors_[by_category])
+            self._category_available = np.asarray(cat.available, dtype=bool)[by_category]
             ends = np.cumsum([len(rows) for rows in self.categories.values()])
             for name, end, size in zip(
                 self.categories, ends.tolist(), map(len, self.categories.values()), strict=True
@@ -291,7 +293,8 @@ class Answerer:
             mask = np.array(self.bundle.catalog.available, dtype=bool)  # a copy
         else:
             mask = np.ones(self.bundle.n_items, dtype=bool)
-        mask[self._excluded(rules)] = False
+        if rules.exclude_items:
+            mask[self._excluded(rules)] = False
         return mask
 
     def _available_only(self, rules: Rules) -> bool:
@@ -300,28 +303,35 @@ class Answerer:
 
     def _excluded(self, rules: Rules) -> np.ndarray:
         """Item rows of ``rules.exclude_items`` the model knows, sorted (int64)."""
-        rows = [self.bundle.items.row(item) for item in rules.exclude_items or []]
+        if not rules.exclude_items:
+            return np.empty(0, np.int64)
+        rows = [self.bundle.items.row(item) for item in rules.exclude_items]
         return np.sort(np.array([r for r in rows if r is not None], dtype=np.int64))
+
+    def _dropped(self, rules: Rules, hidden: np.ndarray) -> np.ndarray:
+        """The excluded items of ``rules`` and the ``hidden`` ones, sorted (int64)."""
+        if not rules.exclude_items:
+            return np.sort(hidden)
+        return np.sort(np.concatenate([self._excluded(rules), hidden]))
 
     def _admits(self, items: np.ndarray, rules: Rules, hidden: np.ndarray) -> np.ndarray:
         """Which of ``items`` (item rows) ``rules`` allow and ``hidden`` does not hold.
 
         ``self.allowed(rules)[items]`` with the ``hidden`` rows cleared, without
-        the catalogue-sized mask: what one request needs for a few hundred
-        items (its table row, or the items of its categories).
+        the catalogue-sized mask: what one request needs for its table row.
         """
-        ok = np.ones(len(items), dtype=bool)
-        if rules.categories:
-            wanted = np.zeros(len(self.categories), dtype=bool)
-            wanted[[self._category_number[c] for c in rules.categories]] = True
-            codes = self._item_category[items]
-            ok &= codes >= 0
-            ok &= wanted[codes]
         if self._available_only(rules):
-            ok &= self.bundle.catalog.available[items]
-        for drop in (self._excluded(rules), hidden):
-            if drop.size:
-                ok &= ~in_sorted(items, np.sort(drop))
+            ok = self.bundle.catalog.available[items]
+        else:
+            ok = np.ones(len(items), dtype=bool)
+        if rules.categories:
+            # one flag per category number, and a last (False) one for items without
+            wanted = np.zeros(len(self.categories) + 1, dtype=bool)
+            wanted[[self._category_number[c] for c in rules.categories]] = True
+            ok &= wanted[self._item_category[items]]
+        drop = self._dropped(rules, hidden)
+        if drop.size:
+            ok &= ~in_sorted(items, drop)
         return ok
 
     def _in_categories(
@@ -330,18 +340,26 @@ class Answerer:
         """The ``k`` items of highest score ``y_j . u`` that ``rules`` (with
         categories) allow and ``hidden`` does not hold, best first, ties to the
         lower item row: what :meth:`NormOrderedSearch.top_k` gives over
-        ``self.allowed(rules)``, scoring the asked categories' factor blocks.
+        ``self.allowed(rules)``, scoring only the asked categories' factor blocks.
         """
         assert self._category_rows is not None and self._category_factors is not None
         u = np.ascontiguousarray(u, dtype=np.float32)
-        rows, scores = [], []
+        available_only = self._available_only(rules)
+        drop = self._dropped(rules, hidden)
+        rows_parts, score_parts = [], []
         for name in dict.fromkeys(rules.categories or []):
             start, stop = self._category_spans[name]
-            rows.append(self._category_rows[start:stop])
-            scores.append(self._category_factors[start:stop] @ u)
-        items, values = np.concatenate(rows), np.concatenate(scores)
-        keep = self._admits(items, rules, hidden)
-        return select_top(items[keep], values[keep], k)
+            rows = self._category_rows[start:stop]  # ascending within a category
+            if available_only:
+                keep = self._category_available[start:stop].copy()
+            else:
+                keep = np.ones(stop - start, dtype=bool)
+            if drop.size:
+                at = np.minimum(np.searchsorted(rows, drop), rows.size - 1)
+                keep[at[rows[at] == drop]] = False
+            rows_parts.append(rows[keep])
+            score_parts.append((self._category_factors[start:stop] @ u)[keep])
+        return select_top(np.concatenate(rows_parts), np.concatenate(score_parts), k)
 
     def _search_one(
         self, u: np.ndarray, rules: Rules, hidden: np.ndarray, k: int

@@ -24,7 +24,8 @@ The rules, in the order they apply:
   following them with ALS's order of the other allowed items; for ALS (and
   a baseline's table) by exact ALS scores (the pruned exact search of
   :class:`~recommender.ranking.als_search.NormOrderedSearch` for a single
-  customer of a large catalogue, blocked matrix products otherwise), ties to
+  customer of a large catalogue, or, under a category filter, the scores of
+  that category's items only; blocked matrix products otherwise), ties to
   the lower item row;
 * customers the model has not seen (and every customer of a version without a
   ranking model) get the popular items allowed to them.
@@ -185,6 +186,13 @@ class Answerer:
         :data:`~recommender.ranking.als_search.PRUNE_MIN_ITEMS`).
     prune_first_block
         Items the pruned search scores before it first tries its bound.
+
+    Notes
+    -----
+    With the pruned search and a catalogue with categories, the item factors
+    are held a second time, laid out category by category (25 MB for 100,000
+    items x 64 factors), so that a category filter scores one contiguous
+    block per category instead of gathering its items' rows on every request.
     """
 
     def __init__(

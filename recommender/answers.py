@@ -214,6 +214,8 @@ class Answerer:
                     self.categories[str(name)] = grp["i"].to_numpy()
         self.any_unavailable = bool((~cat.available).any())
         self.popular_order = np.argsort(-bundle.popularity, kind="stable")
+        # the ranker's candidates are followed by nothing (-inf) in top_k_sparse
+        self._no_fill = np.full(bundle.n_items, -np.inf, dtype=np.float32)
         rep = bundle.repurchase
         self.repurchase_items = (
             np.asarray(rep.is_repurchase_item_, dtype=bool)
@@ -547,7 +549,7 @@ class Answerer:
         entries = sp.csr_matrix(
             (scores[keep], (local[keep], m.indices[keep])), shape=(len(rows), n_items)
         )
-        out_items, out_scores = top_k_sparse(entries, np.full(n_items, -np.inf, np.float32), k)
+        out_items, out_scores = top_k_sparse(entries, self._no_fill, k)
         short = np.flatnonzero((out_items < 0).any(axis=1))
         if short.size:
             bounds = np.searchsorted(pos, np.arange(len(rows) + 1))

@@ -461,7 +461,7 @@ def test_a_category_filter_gives_the_picks_of_the_general_rule(shelves, rules):
     its picks and reasons are those of scoring every item under the mask."""
     fast = Answerer(shelves)
     full = Answerer(shelves, prune_min_items=2**62)  # every item scored under the mask
-    assert fast._category_factors is not None and full.search is None
+    assert fast._by_category is not None and full.search is None
     allowed = full.allowed(rules)
     rng = np.random.default_rng(4)
     for cid in shelves.customers.ids_[:60]:

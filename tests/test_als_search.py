@@ -14,7 +14,7 @@ import pytest
 
 from recommender.answers import Answerer, Rules
 from recommender.ranking.als import ALSRecommender
-from recommender.ranking.als_search import NormOrderedSearch
+from recommender.ranking.als_search import NormOrderedSearch, scan_by_norm
 from recommender.store.bundle import load_bundle
 from tests.test_serving import train_small_shop
 
@@ -95,5 +95,28 @@ def test_exact_ties_go_to_the_lower_item_row(k):
         full = (model.item_factors_ @ u).astype(np.float64)
         full[~allowed] = -np.inf
         want = np.lexsort((np.arange(3000), -full))[:k]
+        assert items.tolist() == want.tolist()
+        assert scores.tolist() == full[want].tolist()
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_a_block_of_its_own_in_norm_order_gives_exact_ties_too(k):
+    """``scan_by_norm`` over one category's block, with the mask in the block's
+    own order (what a category filter searches), ties to the lower item row."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(-2, 3, size=(3000, 6)).astype(np.float32)
+    y[::5] *= 3
+    rows = np.sort(rng.choice(3000, size=700, replace=False))  # one category's items
+    norms = np.sqrt(np.einsum("ij,ij->i", y, y, dtype=np.float64))
+    by_norm = rows[np.argsort(-norms[rows], kind="stable")]
+    factors, neg_norms = np.ascontiguousarray(y[by_norm]), -norms[by_norm]
+    for _ in range(40):
+        u = rng.integers(-3, 4, size=6).astype(np.float32)
+        keep = rng.random(len(rows)) > 0.3
+        args = (u, factors, neg_norms, by_norm, keep, int(keep.sum()), k)
+        items, scores = scan_by_norm(*args, first_block=8, in_order=True)
+        full = np.full(3000, -np.inf)
+        full[by_norm[keep]] = (y[by_norm[keep]] @ u).astype(np.float64)
+        want = np.lexsort((np.arange(3000), -full))[: min(k, int(keep.sum()))]
         assert items.tolist() == want.tolist()
         assert scores.tolist() == full[want].tolist()

@@ -13,6 +13,7 @@ against the blocked export.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from recommender.answers import Answerer, AnswerError, Rules, purchase_dates, ti
 from recommender.data.ids import IdIndex
 from recommender.ranking.als import ALSRecommender
 from recommender.ranking.als_search import PRUNE_MIN_ITEMS
+from recommender.ranking.base import top_k
 from recommender.store.bundle import Bundle, Catalog, load_bundle
 from serving.app import create_app
 from tests.test_serving import busy_customers, settings, train_small_shop
@@ -421,3 +423,86 @@ def test_recent_items_and_unknown_customers_keep_working(client, bundle):
     assert not {i["item_id"] for i in body["items"]} & set(recent)
     r = client.get("/v1/customers/somebody-new/recommendations", params={"k": 4})
     assert r.status_code == 200 and r.json()["strategy"] == "popular"
+
+
+# -- a category filter on a large catalogue: its own blocks, the general rule's picks -----
+
+
+@pytest.fixture(scope="module", params=["no table", "top-50 table"])
+def shelves(request, big) -> Bundle:
+    """``big`` with a category of six items and some items in none; with and
+    without a top-N table (exact, purchases included, as training writes it)."""
+    n_i = big.n_items
+    names = ["tiny" if j < 6 else "" if j < 40 else f"c{j % 7}" for j in range(n_i)]
+    catalog = dataclasses.replace(big.catalog, category=np.array(names))
+    if request.param == "no table":
+        return dataclasses.replace(big, catalog=catalog)
+    als = big.als
+    assert als is not None and als.user_factors_ is not None and als.item_factors_ is not None
+    items, scores = top_k(als.user_factors_ @ als.item_factors_.T, 50)
+    return dataclasses.replace(big, catalog=catalog, topn_items=items, topn_scores=scores)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        Rules(categories=["tiny"]),
+        Rules(categories=["tiny"], available_only=False, exclude_purchased=False),
+        Rules(categories=["c3"]),
+        Rules(categories=["c1", "tiny", "c1"], exclude_items=["I000003", "I000050", "I000043"]),
+        Rules(categories=["c2", "c5"], exclude_purchased=True),
+        Rules(categories=["c6", "c4"], exclude_purchased=False, available_only=False),
+    ],
+    ids=["k-over-its-size", "tiny-all", "one", "several-excluded", "two-explore", "two-all"],
+)
+def test_a_category_filter_gives_the_picks_of_the_general_rule(shelves, rules):
+    """The single-request path scores only the asked categories' items (laid
+    out per category once per version) and never builds the catalogue's mask;
+    its picks and reasons are those of scoring every item under the mask."""
+    fast = Answerer(shelves)
+    full = Answerer(shelves, prune_min_items=2**62)  # every item scored under the mask
+    assert fast._by_category is not None and full.search is None
+    allowed = full.allowed(rules)
+    rng = np.random.default_rng(4)
+    for cid in shelves.customers.ids_[:60]:
+        row = shelves.customers.row(str(cid))
+        assert row is not None
+        for k in (1, 10, 25):
+            a, b = fast.for_customer(str(cid), k, rules), full.for_customer(str(cid), k, rules)
+            assert a.strategy == b.strategy == "personalized"
+            assert [p.item_row for p in a.picks] == [p.item_row for p in b.picks]
+            assert [p.reason for p in a.picks] == [p.reason for p in b.picks]
+            np.testing.assert_allclose(
+                [p.score for p in a.picks], [p.score for p in b.picks], rtol=1e-5, atol=1e-5
+            )
+            got = np.array([p.item_row for p in a.picks], dtype=np.int64)
+            assert allowed[got].all()
+            if rules.exclude_purchased:
+                assert not np.isin(got, fast.history(row)).any()
+        # the few allowed items of a small category are all shown, and no more
+        if rules.categories == ["tiny"]:
+            assert len(fast.for_customer(str(cid), 25, rules).picks) <= 6
+        recent = [str(x) for x in rng.choice(shelves.items.ids_, size=3, replace=False)]
+        for customer in (None, str(cid)):
+            a = fast.for_recent(recent, 10, rules, customer_id=customer)
+            b = full.for_recent(recent, 10, rules, customer_id=customer)
+            assert a.strategy == b.strategy == "folded_in"
+            assert [(p.item_row, p.reason) for p in a.picks] == [
+                (p.item_row, p.reason) for p in b.picks
+            ]
+            np.testing.assert_allclose(
+                [p.score for p in a.picks], [p.score for p in b.picks], rtol=1e-5, atol=1e-5
+            )
+
+
+def test_an_unknown_category_is_still_a_bad_request_on_the_fast_path(shelves):
+    fast = Answerer(shelves)
+    cid = str(shelves.customers.ids_[0])
+    for rules in (Rules(categories=["nope"]), Rules(categories=["c1", "nope"])):
+        for ask in (
+            lambda r: fast.for_customer(cid, 10, r),
+            lambda r: fast.for_recent([str(shelves.items.ids_[7])], 10, r, customer_id=cid),
+        ):
+            with pytest.raises(AnswerError) as err:
+                ask(rules)
+            assert err.value.kind == "bad_request" and "'nope'" in err.value.message

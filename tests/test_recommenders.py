@@ -294,6 +294,23 @@ def test_top_k_sparse_equals_dense_top_k(case, with_exclude, seed):
     np.testing.assert_array_equal(items, _reference_top_k(dense, min(k, dense.shape[1])))
 
 
+@settings(max_examples=200, deadline=None)
+@given(sparse_rows(), st.booleans(), st.integers(0, 2**31))
+def test_top_k_sparse_without_a_fill_equals_dense_top_k(case, with_exclude, seed):
+    """A fill of -inf everywhere (candidate lists; the ranker's answers) is
+    skipped rather than sorted: rows shorter than k end in -1 all the same."""
+    entries, fill, k = case
+    fill = np.full_like(fill, -np.inf)
+    exclude = None
+    if with_exclude:
+        exclude = sp.random(*entries.shape, density=0.3, format="csr", random_state=seed)
+    dense = _dense(entries, fill, exclude)
+    items, top = top_k_sparse(entries, fill, k, exclude=exclude)
+    ref_items, ref_top = top_k(dense, k)
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_array_equal(top, ref_top)
+
+
 def test_top_k_sparse_long_rows_and_unsorted_columns():
     """Rows far longer than k (several packed lines each) in the column order of
     a sparse product, which is not sorted; ties among stored values and with the fill."""

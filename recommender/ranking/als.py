@@ -129,6 +129,7 @@ class ALSRecommender(Recommender):
         check_factors(self.user_factors_, "user")
         check_factors(self.item_factors_, "item")
         self._yty: np.ndarray | None = None
+        self._yty_reg: tuple[float, np.ndarray] | None = None
         return self
 
     @classmethod
@@ -194,11 +195,20 @@ class ALSRecommender(Recommender):
         ) * self.alpha
         # only the rows bought: converting the whole item matrix would cost
         # more than the solve (100,000 x 64 floats on every request)
-        a = self.gram() + self.regularization * np.eye(self.item_factors_.shape[1])
         yu = self.item_factors_[item_rows].astype(np.float64)
-        a += (yu * (conf - 1.0)[:, None]).T @ yu
+        a = self._regularized_gram() + (yu * (conf - 1.0)[:, None]).T @ yu
         b = yu.T @ conf
         return np.linalg.solve(a, b).astype(np.float32)
+
+    def _regularized_gram(self) -> np.ndarray:
+        """``Y^T Y + regularization I`` (float64), cached: the part of every
+        fold-in's system that does not depend on the customer."""
+        cached: tuple[float, np.ndarray] | None = getattr(self, "_yty_reg", None)
+        if cached is None or cached[0] != self.regularization:
+            gram = self.gram()
+            cached = (self.regularization, gram + self.regularization * np.eye(gram.shape[0]))
+            self._yty_reg = cached
+        return cached[1]
 
     def gram(self) -> np.ndarray:
         """``Y^T Y`` of the item factors (float64), cached."""

@@ -100,37 +100,92 @@ class NormOrderedSearch:
         if n_allowed * 8 <= n:
             rows = np.flatnonzero(allowed)
             return select_top(rows, np.take(self.item_factors_, rows, axis=0) @ u, k)
-        order, y, neg_norms = self.order_, self.factors_by_norm_, self.neg_norms_by_norm_
-        # |u| (float64) with a margin far above the float32 rounding of a 64-term
-        # dot product (about 4e-6 relative), so the bound never cuts a real candidate.
-        u_norm = float(np.sqrt(np.dot(u.astype(np.float64), u.astype(np.float64)))) * (1 + 1e-4)
-        rows_parts: list[np.ndarray] = []
-        score_parts: list[np.ndarray] = []
-        have = 0
-        start, stop = 0, min(n, max(self.first_block, 4 * k))
-        while True:
-            r = order[start:stop]
-            s = y[start:stop] @ u
-            ok = allowed[r]
-            rows_parts.append(r[ok])
-            score_parts.append(s[ok])
-            have += len(rows_parts[-1])
-            start = stop
-            if start >= n or have == n_allowed:
-                break
-            if have < k:
-                stop = min(n, 4 * start)
-                continue
-            scores = np.concatenate(score_parts)
-            kth = float(np.partition(scores, len(scores) - k)[len(scores) - k])
-            if kth <= 0.0 or u_norm == 0.0:
-                stop = n  # a bound |y||u| >= 0 cannot rule out any item
-                continue
-            # items that can still reach the k-th best: |y_j| * |u| >= kth
-            stop = int(np.searchsorted(neg_norms, -kth / u_norm, side="right"))
-            if stop <= start:
-                break
-        return select_top(np.concatenate(rows_parts), np.concatenate(score_parts), k)
+        order = self.order_
+        return scan_by_norm(
+            u,
+            self.factors_by_norm_,
+            self.neg_norms_by_norm_,
+            order,
+            allowed,
+            n_allowed,
+            k,
+            first_block=self.first_block,
+        )
 
 
-__all__ = ["PRUNE_MIN_ITEMS", "NormOrderedSearch", "select_top"]
+def scan_by_norm(
+    u: np.ndarray,
+    factors: np.ndarray,
+    neg_norms: np.ndarray,
+    rows: np.ndarray,
+    allowed: np.ndarray,
+    n_allowed: int,
+    k: int,
+    *,
+    first_block: int,
+    in_order: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` of ``factors @ u`` over allowed items, scoring in order of
+    decreasing norm until no remaining item can reach the k-th best score.
+
+    Parameters
+    ----------
+    u
+        The query, float32, contiguous.
+    factors
+        Item factors in order of decreasing norm (contiguous).
+    neg_norms
+        Their norms, negated (so ascending).
+    rows
+        Their item rows (what comes back).
+    allowed
+        Which items may be returned: a mask over item rows, or (``in_order``)
+        a mask aligned with ``rows``.
+    n_allowed
+        How many are allowed in all (the scan stops once it has seen them).
+    k
+        Length of the list.
+    first_block
+        Items scored before the bound is first tried (at least ``4 k``).
+    in_order
+        ``allowed`` is aligned with ``rows`` (a block's own mask).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        Item rows and scores, best first, ties to the lower item row.
+    """
+    n = len(rows)
+    # |u| (float64) with a margin far above the float32 rounding of a 64-term
+    # dot product (about 4e-6 relative), so the bound never cuts a real candidate.
+    u_norm = float(np.sqrt(np.dot(u.astype(np.float64), u.astype(np.float64)))) * (1 + 1e-4)
+    rows_parts: list[np.ndarray] = []
+    score_parts: list[np.ndarray] = []
+    have = 0
+    start, stop = 0, min(n, max(first_block, 4 * k))
+    while True:
+        r = rows[start:stop]
+        s = factors[start:stop] @ u
+        ok = allowed[start:stop] if in_order else allowed[r]
+        rows_parts.append(r[ok])
+        score_parts.append(s[ok])
+        have += len(rows_parts[-1])
+        start = stop
+        if start >= n or have == n_allowed:
+            break
+        if have < k:
+            stop = min(n, 4 * start)
+            continue
+        scores = np.concatenate(score_parts)
+        kth = float(np.partition(scores, len(scores) - k)[len(scores) - k])
+        if kth <= 0.0 or u_norm == 0.0:
+            stop = n  # a bound |y||u| >= 0 cannot rule out any item
+            continue
+        # items that can still reach the k-th best: |y_j| * |u| >= kth
+        stop = int(np.searchsorted(neg_norms, -kth / u_norm, side="right"))
+        if stop <= start:
+            break
+    return select_top(np.concatenate(rows_parts), np.concatenate(score_parts), k)
+
+
+__all__ = ["PRUNE_MIN_ITEMS", "NormOrderedSearch", "scan_by_norm", "select_top"]

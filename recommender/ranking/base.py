@@ -273,8 +273,6 @@ def top_k_sparse(
     if k <= 0 or n_rows == 0:
         return _no_items(n_rows, k)
     fill = np.asarray(fill, dtype=np.float32)
-    if fill_order is None:
-        fill_order = np.argsort(-fill, kind="stable")
     counts = np.diff(entries.indptr)
     rows = np.repeat(np.arange(n_rows), counts)
     cols = entries.indices.astype(np.int64)
@@ -290,12 +288,19 @@ def top_k_sparse(
     floor = _kth_floor(rows, vals, counts, k)
     keep = vals >= floor[rows]  # the rest cannot make a list
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    # a row whose floor beats every fill value takes nothing from the fill
-    needs_fill = ~(floor > fill.max())
-    wanted = needs_fill[taken_rows]
-    f_rows, f_cols = _first_untaken(
-        taken_rows[wanted], taken_cols[wanted], needs_fill, fill_order, k
-    )
+    # a row whose floor beats every fill value takes nothing from the fill, and
+    # no row does from a fill of -inf (its items would come back as -1): the
+    # fill's order, a sort of the whole catalog, is then not needed
+    fill_max = float(fill.max(initial=-np.inf))
+    needs_fill = ~(floor > fill_max) & (fill_max > -np.inf)
+    f_rows = f_cols = np.empty(0, dtype=np.int64)
+    if needs_fill.any():
+        if fill_order is None:
+            fill_order = np.argsort(-fill, kind="stable")
+        wanted = needs_fill[taken_rows]
+        f_rows, f_cols = _first_untaken(
+            taken_rows[wanted], taken_cols[wanted], needs_fill, fill_order, k
+        )
     return _rank_candidates(
         np.concatenate([rows, f_rows]),
         np.concatenate([cols, f_cols]),

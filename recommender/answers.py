@@ -225,6 +225,9 @@ class Answerer:
         :data:`~recommender.ranking.als_search.PRUNE_MIN_ITEMS`).
     prune_first_block
         Items the pruned search scores before it first tries its bound.
+    due_once
+        Find every customer's due items when the answerer is built (what a
+        server wants); False: one customer's when asked (a page about a few).
 
     Notes
     -----
@@ -242,6 +245,7 @@ class Answerer:
         due_days: float = 30.0,
         prune_min_items: int | None = None,
         prune_first_block: int = 1024,
+        due_once: bool = True,
     ) -> None:
         self.bundle = bundle
         self.due_days = due_days
@@ -266,7 +270,7 @@ class Answerer:
         # reason: one vectorised pass per version instead of a buy-again
         # ranking on every request.
         self._due: sp.csr_matrix | None = None
-        if rep is not None:
+        if rep is not None and due_once:
             due = rep.score_customers(np.arange(rep.n_customers_), due_days)
             due.data = (due.data >= 0.5).astype(np.int8)
             due.eliminate_zeros()
@@ -769,6 +773,10 @@ class Answerer:
     def due_items(self, row: int) -> set[int]:
         """Items the buy-again model expects this customer to rebuy (p >= 0.5) soon."""
         due = self._due
+        rep = self.bundle.repurchase
+        if due is None and rep is not None and 0 <= row < rep.n_customers_:
+            due = rep.score_customers(np.array([row]), self.due_days)  # asked one at a time
+            return set(due.indices[due.data >= 0.5].tolist())
         if due is None or not 0 <= row < due.shape[0]:
             return set()
         return set(due.indices[due.indptr[row] : due.indptr[row + 1]].tolist())

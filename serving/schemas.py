@@ -60,6 +60,20 @@ class Recommendations(BaseModel):
     ignored_items: list[str] = Field(default_factory=list)
 
 
+class RecommendQuery(BaseModel):
+    """The query of ``GET /v1/customers/{id}/recommendations``: the business
+    rules, validated in one pydantic call (query strings are text, so numbers
+    and booleans are read from it, as FastAPI reads query parameters)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: int = Field(default=10, ge=1, le=1000)
+    category: list[str] | None = Field(default=None, max_length=50)
+    exclude_items: list[str] | None = Field(default=None, max_length=1000)
+    exclude_purchased: bool | None = None
+    available_only: bool | None = None
+
+
 class RecommendRequest(BaseModel):
     # JSON bodies are taken as typed: `"k": true` or `"available_only": 0` is a
     # client bug to report (422), not a value to coerce into k=1 or False.

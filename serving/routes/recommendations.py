@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.datastructures import QueryParams
 
 from recommender.answers import Rules
 from serving.deps import ServedDep
@@ -30,6 +31,7 @@ from serving.schemas import (
     BatchResponse,
     Error,
     Recommendations,
+    RecommendQuery,
     RecommendRequest,
 )
 
@@ -74,25 +76,62 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
+def _query(params: QueryParams) -> RecommendQuery:
+    """The rules of a query string, validated in one pydantic call: FastAPI
+    reads each declared query parameter with its own introspection of the
+    parameter's type on every request, which cost this route more CPU than
+    a known customer's whole answer."""
+    data: dict[str, Any] = {}
+    for name in _QUERY_LISTS:
+        values = params.getlist(name)
+        if values:
+            data[name] = values
+    for name in _QUERY_SCALARS:
+        if name in params:
+            data[name] = params[name]  # the last one, as FastAPI takes it
+    try:
+        return RecommendQuery.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+_QUERY_LISTS = ("category", "exclude_items")  # repeatable: every value counts
+_QUERY_SCALARS = tuple(name for name in RecommendQuery.model_fields if name not in _QUERY_LISTS)
+# the query's parameters, as FastAPI would document them one by one
+_RECOMMEND_QUERY = {
+    "parameters": [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            **({"description": schema["description"]} if "description" in schema else {}),
+        }
+        for name, schema in RecommendQuery.model_json_schema()["properties"].items()
+    ]
+}
+
+
 @router.get(
     "/customers/{customer_id:path}/recommendations",
     response_model=Recommendations,
     responses=ERRORS,
     summary="Guess you like: top-k picks for a customer",
+    openapi_extra=_RECOMMEND_QUERY,
 )
 async def customer_recommendations(
     served: ServedDep,
     customer_id: Annotated[str, Path(pattern=ID_PATTERN, max_length=256)],
-    k: Annotated[int, Query(ge=1, le=1000)] = 10,
-    category: Annotated[list[str] | None, Query(max_length=50)] = None,
-    exclude_items: Annotated[list[str] | None, Query(max_length=1000)] = None,
-    exclude_purchased: bool | None = None,
-    available_only: bool | None = None,
+    request: Request,
 ) -> Response:
     """Never a 404: customers the model has not seen get popular items, and the
-    response says which strategy answered."""
-    rules = Rules(category, exclude_items, exclude_purchased, available_only)
-    answer = served.answerer.for_customer(customer_id, k, rules)
+    response says which strategy answered. The query holds the business rules:
+    `k`, `category` (repeatable), `exclude_items` (repeatable),
+    `exclude_purchased` and `available_only`."""
+    q = _query(request.query_params)
+    rules = Rules(q.category, q.exclude_items, q.exclude_purchased, q.available_only)
+    answer = served.answerer.for_customer(customer_id, q.k, rules)
     return _json(served.items_json.recommendations(customer_id, answer))
 
 

@@ -9,13 +9,15 @@ recall@10/@20 (all, repeat, new items), the candidates' recall, the
 explore-only comparison with ALS, feature importances (gain) and times.
 
 ``--predict`` times the serving path on one customer: candidates, features
-and LightGBM's predict on ~300 rows. ``--scale`` times every part on a
-generated 5-million-line log of 500,000 customers, with peak memory.
+and LightGBM's predict on ~300 rows. ``--version DIR`` times a trained
+version's whole answers (reasons included) and its ranking per customer.
+``--scale`` times every part on a generated 5-million-line log of 500,000
+customers, with peak memory.
 
 Usage::
 
     python bench/bench_ranker.py [--presets demo grocery fashion] [--label binary|days]
-                                 [--predict] [--scale]
+                                 [--predict] [--scale] [--version DIR]
 """
 
 from __future__ import annotations
@@ -301,6 +303,38 @@ def bench_scale(seed: int, config: TwoStageConfig, n_lines: int = 5_000_000) -> 
     print(f"peak memory {peak_gib():.2f} GiB")
 
 
+def bench_version(path: str, seed: int, repeats: int = 500) -> None:
+    """A trained version's answers as serving gives them, in process: the whole
+    answer of random known customers (the table or a live ranking, reasons
+    included), and the ranking alone at the default and at about 300 candidates."""
+    from recommender.answers import Answerer, Rules
+    from recommender.store.bundle import load_bundle_dir
+
+    bundle = load_bundle_dir(Path(path), verify_hashes=False)
+    answerer = Answerer(bundle)
+    table = "precomputed" if bundle.topn_items is not None else "none"
+    print(
+        f"\n== version {Path(path).name}: {bundle.n_customers:,} customers x "
+        f"{bundle.n_items:,} items, served list {bundle.served}, table {table} =="
+    )
+    rng = np.random.default_rng(seed)
+    ids = [bundle.customers.id(int(r)) for r in rng.integers(0, bundle.n_customers, repeats)]
+    for cid in ids[:50]:  # the lazy caches
+        answerer.for_customer(cid, 10, Rules())
+    times = []
+    for cid in ids:
+        t = time.perf_counter()
+        answerer.for_customer(cid, 10, Rules())
+        times.append(time.perf_counter() - t)
+    print(
+        f"whole answer, k=10, one thread: median {1000 * float(np.median(times)):.2f} ms, "
+        f"p90 {1000 * float(np.percentile(times, 90)):.2f} ms ({repeats} customers)"
+    )
+    if bundle.stage is not None and bundle.ranker is not None:
+        rows = rng.integers(0, bundle.n_customers, 2000)
+        time_serving(bundle.stage, bundle.ranker, rows, repeats=200)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="*", default=["demo", "grocery", "fashion"])
@@ -311,6 +345,7 @@ def main() -> None:
     ap.add_argument("--predict", action="store_true", help="time the one-customer path")
     ap.add_argument("--scale", action="store_true", help="time every part on 5M lines")
     ap.add_argument("--scale-lines", type=int, default=5_000_000, help="lines of --scale")
+    ap.add_argument("--version", help="time a trained version's answers (its directory)")
     args = ap.parse_args()
     config = TwoStageConfig(
         window_days=WINDOW,
@@ -325,6 +360,8 @@ def main() -> None:
         bench_predict(args.seed, config)
     if args.scale:
         bench_scale(args.seed, config, args.scale_lines)
+    if args.version:
+        bench_version(args.version, args.seed)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ The rules, in the order they apply:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -281,6 +282,13 @@ class Answerer:
         self.search: NormOrderedSearch | None = None
         if als is not None and als.item_factors_ is not None and bundle.n_items >= min_items:
             self.search = NormOrderedSearch(als, first_block=prune_first_block)
+        # the ranker's stage as one request uses it: its ALS candidates found
+        # by the same pruned search (the bundle's own stage is left as loaded)
+        self._live_stage = (
+            dataclasses.replace(bundle.stage, search=self.search)
+            if bundle.stage is not None and self.search is not None and bundle.stage.als is als
+            else bundle.stage
+        )
         # What a single request needs of the rules, prepared once so that it
         # never allocates a catalogue-sized mask: each item's category as a
         # number, and (with the pruned search) the item factors laid out
@@ -586,9 +594,9 @@ class Answerer:
         scores one below the last ranked candidate, falling by one per place).
         """
         bundle = self.bundle
-        assert bundle.ranker is not None and bundle.stage is not None
+        assert bundle.ranker is not None and self._live_stage is not None
         n_items = bundle.n_items
-        cands, _, scores = score_candidates(bundle.stage, bundle.ranker, rows, num_threads=1)
+        cands, _, scores = score_candidates(self._live_stage, bundle.ranker, rows, num_threads=1)
         m = cands.matrix
         local = np.repeat(np.arange(len(rows)), np.diff(m.indptr))
         keep = allowed[m.indices]
@@ -596,10 +604,19 @@ class Answerer:
         if pos.size:
             keys = np.sort(pos * n_items + items)
             keep &= ~in_sorted(local * n_items + m.indices, keys)
-        entries = sp.csr_matrix(
-            (scores[keep], (local[keep], m.indices[keep])), shape=(len(rows), n_items)
-        )
-        out_items, out_scores = top_k_sparse(entries, self._no_fill, k)
+        if len(rows) == 1:
+            # one customer (a request): their few candidates sorted directly, in
+            # top_k_sparse's order (best score first, ties to the lower item)
+            cols, vals = m.indices[keep].astype(np.int64), scores[keep]
+            best = np.lexsort((cols, -vals))[:k]
+            out_items = np.full((1, k), -1, dtype=np.int32)
+            out_scores = np.full((1, k), -np.inf, dtype=np.float32)
+            out_items[0, : best.size], out_scores[0, : best.size] = cols[best], vals[best]
+        else:
+            entries = sp.csr_matrix(
+                (scores[keep], (local[keep], m.indices[keep])), shape=(len(rows), n_items)
+            )
+            out_items, out_scores = top_k_sparse(entries, self._no_fill, k)
         short = np.flatnonzero((out_items < 0).any(axis=1))
         if short.size:
             bounds = np.searchsorted(pos, np.arange(len(rows) + 1))
@@ -875,9 +892,9 @@ class Answerer:
             else:
                 out[item] = f"you bought this once, {ago}"
         knn = stage.knn
-        bought = snap.indices[snap.indptr[row] : snap.indptr[row + 1]]
+        bought = set(snap.indices[snap.indptr[row] : snap.indptr[row + 1]].tolist())
         new = [i for i in items.tolist() if i not in out]
-        if knn is not None and knn.similarity_ is not None and bought.size and new:
+        if knn is not None and knn.similarity_ is not None and bought and new:
             # "often bought with X" only when X is among the item's closest
             # co-purchases: a weak link to anything bought explains nothing
             sim = knn.similarity_
@@ -885,17 +902,23 @@ class Answerer:
                 lo, hi = sim.indptr[item], sim.indptr[item + 1]
                 near, strength = sim.indices[lo:hi], sim.data[lo:hi]
                 top = near[np.argsort(-strength, kind="stable")[:CLOSE_NEIGHBOURS]]
-                mine = top[np.isin(top, bought)]
-                if mine.size:
-                    out[item] = f"often bought with {self.label(int(mine[0]))}"
-        shares = snap.category_rows(np.array([row]))
+                mine = [j for j in top.tolist() if j in bought]
+                if mine:
+                    out[item] = f"often bought with {self.label(mine[0])}"
+        c_lo, c_hi = int(snap.cat_indptr[row]), int(snap.cat_indptr[row + 1])
+        shares = dict(
+            zip(
+                snap.cat_indices[c_lo:c_hi].tolist(),
+                snap.cat_share[c_lo:c_hi].tolist(),
+                strict=True,
+            )
+        )
         for item in items.tolist():
             cat = int(snap.item_category[item])
-            if item in out or cat < 0 or not shares.nnz:
+            if item in out or cat < 0 or cat not in shares:
                 continue
-            at = np.flatnonzero(shares.indices == cat)
             name = str(self.bundle.catalog.category[item])
-            if at.size and shares.data[at[0]] >= OWN_CATEGORY_SHARE and name:
+            if shares[cat] >= OWN_CATEGORY_SHARE and name:
                 out[item] = f"you often buy {name}"
         return out
 

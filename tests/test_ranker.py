@@ -264,6 +264,17 @@ def test_a_training_set_built_in_threads_is_the_same(shop: PurchaseLines, stage)
     np.testing.assert_array_equal(one.features, many.features)
 
 
+def test_one_customers_als_candidates_by_the_pruned_search_are_the_batch_ones(stage) -> None:
+    from recommender.ranking.als_search import NormOrderedSearch
+
+    searched = dataclasses.replace(stage, search=NormOrderedSearch(stage.als, first_block=8))
+    batch = stage.candidates(np.arange(stage.snapshot.n_customers))
+    assert (batch.matrix.data & ALS).any()
+    for r in range(stage.snapshot.n_customers):
+        one = searched.candidates(np.array([r]))
+        assert (one.matrix != batch.matrix[r]).nnz == 0, r
+
+
 def test_unknown_customer_gets_popular_candidates(stage) -> None:
     cands = stage.candidates(np.array([10**6]))
     assert cands.matrix.nnz >= 10

@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.ranking.als import ALSRecommender
+from recommender.ranking.als_search import NormOrderedSearch
 from recommender.ranking.base import top_k, top_k_sparse
 from recommender.ranking.baselines import ItemKNNRecommender
 from recommender.ranking.features import ShopSnapshot, pair_values
@@ -119,6 +120,7 @@ def generate_candidates(
     als: ALSRecommender | None = None,
     knn: ItemKNNRecommender | None = None,
     config: CandidateConfig | None = None,
+    search: NormOrderedSearch | None = None,
 ) -> Candidates:
     """Candidates for the customer ``rows`` as of the snapshot's cutoff.
 
@@ -135,11 +137,15 @@ def generate_candidates(
         empty and its score 0).
     config
         Counts per source.
+    search
+        The pruned exact search over ``als``'s item factors: one customer's
+        ALS candidates are then found without scoring the whole catalogue
+        (the same items, but for ties that float32 rounding decides).
     """
     cfg = config or CandidateConfig()
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 1:
-        return _one_customer(int(rows[0]), snapshot, als, knn, cfg)
+        return _one_customer(int(rows[0]), snapshot, als, knn, cfg, search)
     n = rows.size
     n_items = snapshot.n_items
     known = (rows >= 0) & (rows < snapshot.n_customers)
@@ -323,6 +329,7 @@ def _one_customer(
     als: ALSRecommender | None,
     knn: ItemKNNRecommender | None,
     cfg: CandidateConfig,
+    search: NormOrderedSearch | None = None,
 ) -> Candidates:
     """:func:`generate_candidates` of one customer with numpy alone: the serving
     call, where building a handful of sparse matrices would cost more than
@@ -352,9 +359,14 @@ def _one_customer(
             als_user = als.user_factors_[row]
     if als_user is not None and cfg.n_als > 0:
         assert als is not None and als.item_factors_ is not None
-        scores = als.item_factors_ @ als_user
-        scores[own] = -np.inf
-        offer(_best(scores, min(cfg.n_als, n_items)), ALS)
+        if search is not None:
+            allowed = np.ones(n_items, dtype=bool)
+            allowed[own] = False
+            offer(search.top_k(als_user, allowed, min(cfg.n_als, n_items))[0], ALS)
+        else:
+            scores = als.item_factors_ @ als_user
+            scores[own] = -np.inf
+            offer(_best(scores, min(cfg.n_als, n_items)), ALS)
     knn_dense: np.ndarray | None = None
     if knn is not None and own.size:
         sim_t = _similarity_t(knn)

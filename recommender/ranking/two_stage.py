@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from recommender.data.interactions import apply_weighting
 from recommender.data.sampling import seeded_subset
 from recommender.ranking.als import ALSRecommender
+from recommender.ranking.als_search import NormOrderedSearch
 from recommender.ranking.base import Recommender, top_k_sparse
 from recommender.ranking.baselines import (
     ItemKNNRecommender,
@@ -178,6 +179,9 @@ class StageModels:
     config: TwoStageConfig
     timing: PurchaseTimingModel | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    search: NormOrderedSearch | None = None
+    """A pruned exact search over the ALS item factors for one customer's
+    ALS candidates (what serving sets on a large catalogue)."""
 
     @property
     def cutoff(self) -> int:
@@ -186,7 +190,12 @@ class StageModels:
     def candidates(self, rows: np.ndarray) -> Candidates:
         """Candidates of customer ``rows`` as of the cutoff."""
         return generate_candidates(
-            rows, self.snapshot, als=self.als, knn=self.knn, config=self.config.candidates
+            rows,
+            self.snapshot,
+            als=self.als,
+            knn=self.knn,
+            config=self.config.candidates,
+            search=self.search,
         )
 
     def features(self, candidates: Candidates) -> np.ndarray:

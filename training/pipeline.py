@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from recommender.gate import GateConfig, Verdict
+from recommender.purchases import purchase_log_bytes
 from training import stages
 from training.config import TrainConfig
 from training.report import render_report
@@ -91,9 +92,16 @@ def train(
         event_weights=event_weights,
         time_format=time_format,
     )
-    with stages.hold_store(models, wait_s, run):
+    with (
+        stages.hold_store(models, wait_s, run),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-log") as aside,
+    ):
         log = stages.load(source, run)
         data = stages.prepare(log, cfg, run)
+        # The purchase log the version keeps (for the console) needs only the
+        # prepared purchases: it is built on a core the steps before ALS leave
+        # idle instead of while the version is written.
+        purchase_log = aside.submit(purchase_log_bytes, data.purchases, len(data.customers))
         # What runs beside what is decided here. The timing models need only the
         # purchases, and their numpy and scipy work releases the GIL: they are
         # fitted in a background thread while the serving tables are built, the
@@ -136,6 +144,7 @@ def train(
                 calibration_plot=drawing.submit(stages.draw_calibration, timing),
                 run=run,
                 report=lambda bundle, plot: render_report(bundle, plot, seed=cfg.seed),
+                purchase_log=purchase_log,
             )
         published = stages.publish_stage(models, written, verdict, do_publish, run)
         stages.retire_old_versions(models, keep, run)

@@ -808,10 +808,13 @@ def write_and_verify(
     calibration_plot: Future[bytes | None],
     run: Run,
     report: Callable[[Bundle, bytes | None], bytes] | None = None,
+    purchase_log: Future[bytes] | None = None,
 ) -> Written:
     """Write the version atomically and read it back as serving will.
 
-    ``calibration_plot`` is awaited after the arrays are written; a plot that
+    ``purchase_log`` is the ``purchases.npz`` file, when already being
+    built (else it is built here). ``calibration_plot`` is awaited after the
+    arrays are written; a plot that
     failed is a warning, not a failed run. ``report`` draws ``report.html``
     from the version as serving will hold it (built in memory from the very
     arrays written) and the plot; it is written, and hashed, before the
@@ -878,7 +881,7 @@ def write_and_verify(
     # while this one writes the arrays.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-pages") as pages:
         page = pages.submit(html)
-        log = pages.submit(purchase_log_bytes, data.purchases, len(data.customers))
+        log = purchase_log or pages.submit(purchase_log_bytes, data.purchases, len(data.customers))
         path = save_bundle(
             models_dir,
             customers=data.customers,

@@ -151,9 +151,10 @@ def fit_two_stage(
 
     # The stage as of the evaluation cut, the judged customers' candidates and
     # features there, and the stage as of the end of the log do not depend on
-    # the ranker: one thread builds them, in that order, while this one builds
-    # the training set and trains (the steps here are single-threaded numpy
-    # and LightGBM, and a machine has a second core).
+    # the ranker: a second thread builds them, in that order (then the ranker
+    # for publishing), while this one fits the stage before the label window,
+    # builds the training set and trains: most of these steps are
+    # single-threaded numpy and LightGBM, and a machine has a second core.
     _ = lines.purchase_days  # sorted once, before two threads read them
     rows = np.asarray(window.users, dtype=np.int64)
     ahead = ThreadPoolExecutor(1, thread_name_prefix="encore-stage")

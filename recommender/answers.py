@@ -272,10 +272,7 @@ class Answerer:
         # ranking on every request.
         self._due: sp.csr_matrix | None = None
         if rep is not None and due_once:
-            due = rep.score_customers(np.arange(rep.n_customers_), due_days)
-            due.data = (due.data >= 0.5).astype(np.int8)
-            due.eliminate_zeros()
-            self._due = due
+            self._due = self._due_rows(np.arange(rep.n_customers_))
         self.as_of = pd.Timestamp(bundle.manifest.get("as_of"))
         min_items = PRUNE_MIN_ITEMS if prune_min_items is None else prune_min_items
         als = bundle.als
@@ -607,11 +604,10 @@ class Answerer:
         if len(rows) == 1:
             # one customer (a request): their few candidates sorted directly, in
             # top_k_sparse's order (best score first, ties to the lower item)
-            cols, vals = m.indices[keep].astype(np.int64), scores[keep]
-            best = np.lexsort((cols, -vals))[:k]
+            top, vals = select_top(m.indices[keep].astype(np.int64), scores[keep], k)
             out_items = np.full((1, k), -1, dtype=np.int32)
             out_scores = np.full((1, k), -np.inf, dtype=np.float32)
-            out_items[0, : best.size], out_scores[0, : best.size] = cols[best], vals[best]
+            out_items[0, : top.size], out_scores[0, : top.size] = top, vals
         else:
             entries = sp.csr_matrix(
                 (scores[keep], (local[keep], m.indices[keep])), shape=(len(rows), n_items)
@@ -792,11 +788,20 @@ class Answerer:
         due = self._due
         rep = self.bundle.repurchase
         if due is None and rep is not None and 0 <= row < rep.n_customers_:
-            due = rep.score_customers(np.array([row]), self.due_days)  # asked one at a time
-            return set(due.indices[due.data >= 0.5].tolist())
+            due, row = self._due_rows(np.array([row])), 0  # asked one at a time
         if due is None or not 0 <= row < due.shape[0]:
             return set()
         return set(due.indices[due.indptr[row] : due.indptr[row + 1]].tolist())
+
+    def _due_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Customers ``rows`` x items: 1 where a rebuy is due (p >= 0.5 within
+        ``due_days``), nothing stored elsewhere."""
+        rep = self.bundle.repurchase
+        assert rep is not None
+        due = rep.score_customers(rows, self.due_days)
+        due.data = (due.data >= 0.5).astype(np.int8)
+        due.eliminate_zeros()
+        return due
 
     def explain(
         self,

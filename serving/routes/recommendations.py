@@ -51,8 +51,7 @@ def _parsed(raw: bytes) -> RecommendRequest:
     try:
         return RecommendRequest.model_validate_json(raw)
     except ValidationError as exc:
-        errors = [{**err, "loc": ("body", *err["loc"])} for err in exc.errors(include_url=False)]
-        raise RequestValidationError(errors, body=raw) from None
+        raise _invalid(exc, "body") from None
 
 
 # the body's schema, as FastAPI would document a `body: RecommendRequest` parameter
@@ -92,8 +91,14 @@ def _query(params: QueryParams) -> RecommendQuery:
     try:
         return RecommendQuery.model_validate(data)
     except ValidationError as exc:
-        errors = [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+        raise _invalid(exc, "query") from None
+
+
+def _invalid(exc: ValidationError, where: str) -> RequestValidationError:
+    """pydantic's errors as FastAPI reports its own (located in the body or
+    the query), so the app's 422 handler words them the same way."""
+    errors = [{**err, "loc": (where, *err["loc"])} for err in exc.errors(include_url=False)]
+    return RequestValidationError(errors)
 
 
 _QUERY_LISTS = ("category", "exclude_items")  # repeatable: every value counts

@@ -283,6 +283,13 @@ def _dense(entries, fill, exclude=None):
 @given(sparse_rows(), st.booleans(), st.integers(0, 2**31))
 def test_top_k_sparse_equals_dense_top_k(case, with_exclude, seed):
     entries, fill, k = case
+    items, dense = _sparse_against_dense(entries, fill, k, with_exclude, seed)
+    np.testing.assert_array_equal(items, _reference_top_k(dense, min(k, dense.shape[1])))
+
+
+def _sparse_against_dense(entries, fill, k, with_exclude, seed):
+    """top_k_sparse's items and scores equal top_k's on the dense rows; returns
+    the items and the dense rows."""
     exclude = None
     if with_exclude:
         exclude = sp.random(*entries.shape, density=0.3, format="csr", random_state=seed)
@@ -291,7 +298,7 @@ def test_top_k_sparse_equals_dense_top_k(case, with_exclude, seed):
     ref_items, ref_top = top_k(dense, k)
     np.testing.assert_array_equal(items, ref_items)
     np.testing.assert_array_equal(top, ref_top)
-    np.testing.assert_array_equal(items, _reference_top_k(dense, min(k, dense.shape[1])))
+    return items, dense
 
 
 @settings(max_examples=200, deadline=None)
@@ -300,15 +307,7 @@ def test_top_k_sparse_without_a_fill_equals_dense_top_k(case, with_exclude, seed
     """A fill of -inf everywhere (candidate lists; the ranker's answers) is
     skipped rather than sorted: rows shorter than k end in -1 all the same."""
     entries, fill, k = case
-    fill = np.full_like(fill, -np.inf)
-    exclude = None
-    if with_exclude:
-        exclude = sp.random(*entries.shape, density=0.3, format="csr", random_state=seed)
-    dense = _dense(entries, fill, exclude)
-    items, top = top_k_sparse(entries, fill, k, exclude=exclude)
-    ref_items, ref_top = top_k(dense, k)
-    np.testing.assert_array_equal(items, ref_items)
-    np.testing.assert_array_equal(top, ref_top)
+    _sparse_against_dense(entries, np.full_like(fill, -np.inf), k, with_exclude, seed)
 
 
 def test_top_k_sparse_long_rows_and_unsorted_columns():
